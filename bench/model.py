@@ -1,0 +1,92 @@
+"""The common model interface every technique wraps: a denoiser network, what it predicts, its noise schedule
+(a diffusers scheduler config) and the image shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.errors import UserError
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# DDPM (Ho et al. 2020): T = 1000, linear β from 1e-4 to 0.02.
+DDPM_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "clip_sample": True,
+    "timestep_spacing": "leading",
+}
+
+
+class Denoiser(nn.Module):
+    """``denoiser(x_t, t)`` → the network's prediction of ``prediction_type`` at timestep(s) ``t``.
+
+    Forward hooks on this module count denoiser calls (NFE) and capture inputs for FLOP counting, so a technique
+    routes every network evaluation it makes at sampling time through a ``Denoiser``.
+    """
+
+    def __init__(self, net: nn.Module, prediction_type: str, scheduler_config: dict[str, Any],
+                 image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+        self.net = net
+        self.prediction_type = prediction_type
+        self.scheduler_config = {**scheduler_config, "prediction_type": prediction_type}
+        self.image_shape = tuple(image_shape)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        out = self.net(x, t)
+        return out.sample if hasattr(out, "sample") else out
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_unet(config: dict[str, Any]) -> nn.Module:
+    """The baseline network: a diffusers ``UNet2DModel`` from its config kwargs."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**config)
+
+
+def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
+    """Save as a diffusers pipeline folder (``unet/`` + ``scheduler/``) loadable by ``DDPMPipeline.from_pretrained``."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
+    DDPMPipeline(unet=denoiser.net, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
+    return directory / "unet" / "diffusion_pytorch_model.safetensors"
+
+
+def load_denoiser(source: str | Path, device: str = "cpu") -> Denoiser:
+    """A ``Denoiser`` from a local diffusers folder (pipeline layout or a bare UNet folder) or a hub id."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            unet_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
+            sched_file = next((p for p in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json")
+                               if p.exists()), None)
+            scheduler_config = dict(DDPM_SCHEDULE) if sched_file is None else json.loads(sched_file.read_text())
+            net = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+        else:  # a hub id such as google/ddpm-cifar10-32: needs a network or a populated HF cache
+            net = UNet2DModel.from_pretrained(str(source), low_cpu_mem_usage=False)
+            scheduler_config = dict(DDPMScheduler.load_config(str(source)))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load a diffusers UNet from {source!r}: {str(exc).splitlines()[0]}") from exc
+    scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    return Denoiser(net, prediction, scheduler_config, shape).to(device).eval()

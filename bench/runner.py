@@ -1,0 +1,203 @@
+"""Run one cell: build the technique's pipeline, count NFE and FLOPs, time it, measure memory and energy, and
+compute quality on the very images the timed loop generated."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from typing import Any
+
+import torch
+
+from bench import config as cfg
+from bench import registry, zoo
+from bench.measure import quality
+from bench.measure.energy import EnergyMeter
+from bench.measure.flops import CallRecorder
+from bench.measure.latency import Latency, repeat_until, timed
+from bench.measure.memory import PeakMemory
+from bench.model import load_denoiser
+from bench.provenance import provenance
+from bench.sampling import generators
+from bench.store import Store
+from bench.sweep import Cell, base_recipe
+from bench.train import OBJECTIVES
+
+FLOPS_UNIT = "FLOPs = 2 x MACs, fvcore with an SDPA handle, batch 1"
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+class CellRunner:
+    def __init__(self, config: cfg.SweepConfig, store: Store, progress: bool = True) -> None:
+        self.config, self.store, self.progress = config, store, progress
+        self._models: dict[str, Any] = {}
+        self._quality: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+        self._extractor: quality.Extractor | None = None
+        self._reference: torch.Tensor | None = None
+
+    def remember(self, cell: Cell, record: dict[str, Any]) -> None:
+        """Make a stored record's quality reusable by later cells that differ only in threads or batch."""
+        if record["status"] == "ok" and not record["metrics"].get("quality_reused_from"):
+            q = {k: record["metrics"].get(k) for k in _QUALITY_KEYS}
+            self._quality[cell.quality_key] = (q, cell.spec_hash, record.get("sample_grid"))
+
+    def failure(self, cell: Cell, error: str, trace: str | None = None) -> dict[str, Any]:
+        return {"spec_hash": cell.spec_hash, "status": "failed", "error": error, "traceback": trace,
+                "spec": cell.spec, "provenance": provenance(cell.spec["device"])}
+
+    # -- loading --------------------------------------------------------------------------------------------------
+    def _load(self, technique: registry.Technique, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        base = base_recipe(self.config)
+        sources: dict[str, Any] = {"model": base or self.config.model.pretrained}
+        sources.update(technique.artifacts(params, base))
+        models, summaries = {}, {}
+        for name, source in sources.items():
+            key = source.key if isinstance(source, zoo.Recipe) else str(source)
+            if key not in self._models:
+                if isinstance(source, zoo.Recipe):
+                    artifact = zoo.ensure(source, progress=self.progress)
+                    self._models[key] = (OBJECTIVES[source.objective].load(artifact.path), artifact.summary())
+                else:
+                    self._models[key] = (load_denoiser(source), {"pretrained": str(source)})
+            model, summary = self._models[key]
+            models[name], summaries[name] = copy.deepcopy(model), summary  # cells move and compile their own copy
+        return models, summaries
+
+    def _quality_refs(self) -> tuple[quality.Extractor, torch.Tensor]:
+        if self._extractor is None:
+            m, q = self.config.model, self.config.quality
+            self._extractor = quality.resolve_extractor(q.extractor, m.dataset, m.resolution, q.extractor_steps)
+            self._reference = quality.reference_features(m.dataset, q.reference_split, m.resolution, q.reference_n,
+                                                         self._extractor)
+        return self._extractor, self._reference
+
+    # -- one cell -------------------------------------------------------------------------------------------------
+    def run(self, cell: Cell) -> dict[str, Any]:
+        s = cell.spec
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(s["threads"])
+        try:
+            with torch.no_grad():
+                return self._run(cell)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _run(self, cell: Cell) -> dict[str, Any]:
+        s, lat = cell.spec, self.config.latency
+        device, batch = s["device"], s["batch"]
+        technique = registry.get(s["technique"])
+        params = technique.Params(**s["params"])
+        t0 = time.perf_counter()
+        models, artifacts = self._load(technique, params)
+        models = {k: m.to(device).eval() if isinstance(m, torch.nn.Module) else m for k, m in models.items()}
+        pipe = technique.pipeline(params, models, s["steps"])
+        setup_s = time.perf_counter() - t0
+
+        # 1. One eager image: NFE and FLOPs counted on the calls that actually ran.
+        recorder = CallRecorder(pipe.networks)
+        pipe.sample(generators([s["seed"]]), None)
+        calls_per_image = dict(recorder.calls)
+        flops_per_call = recorder.flops_per_call()
+        nfe = sum(calls_per_image.values())
+
+        if s["compile"]:
+            for net in pipe.networks.values():
+                for child in net.children():
+                    child.compile()
+        autocast = (torch.autocast(device.split(":")[0], dtype=getattr(torch, s["dtype"]))
+                    if s["dtype"] != "float32" else contextlib.nullcontext())
+        seeds = list(range(s["seed"], s["seed"] + s["n_samples"]))
+
+        def run_batch(chunk: list[int]) -> torch.Tensor:
+            with autocast:
+                return pipe.sample(generators(chunk), None)
+
+        # 2. First call at the real batch and step count: warm-up (and compilation), reported apart.
+        first_s, _ = timed(lambda: run_batch(seeds[:batch]), device)
+
+        # 3. Timed loop under the memory and energy meters; it generates the images quality is computed on.
+        reuse = self._quality.get(cell.quality_key)
+        recorder.reset()
+        batch_times, images, n_timed_images, runs = [], [], 0, 0
+        with PeakMemory(device) as mem, EnergyMeter(self.config.energy_country, device.startswith("cuda")) as energy:
+            for start in ([] if reuse else range(0, len(seeds), batch)):
+                chunk = seeds[start:start + batch]
+                elapsed, x = timed(lambda c=chunk: run_batch(c), device)
+                images.append(to_uint8(x))
+                n_timed_images, runs = n_timed_images + len(chunk), runs + 1
+                if len(chunk) == batch:  # a short last batch is not a sample of this batch size's latency
+                    batch_times.append(elapsed)
+            generated_times = len(batch_times)
+            batch_times = repeat_until(lambda: run_batch(seeds[:batch]), device, lat.min_repeats, lat.min_seconds,
+                                       batch_times)
+            extra_runs = len(batch_times) - generated_times
+            n_timed_images, runs = n_timed_images + extra_runs * batch, runs + extra_runs
+        if sum(recorder.calls.values()) != nfe * runs:
+            raise RuntimeError(f"NFE differs between runs: {sum(recorder.calls.values())} calls in {runs} runs, "
+                               f"expected {nfe} per run")
+
+        # 4. The denoiser alone, at the cell's batch, on the inputs it first received.
+        denoiser_ms = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
+        recorder.remove()
+
+        # 5. Quality on the generated images, or reused from a cell that generated the same images.
+        if reuse:
+            q, source, grid = reuse
+            q = {**q, "quality_reused_from": source,
+                 "quality_note": "images depend only on per-sample seeds; reused across threads/batch"}
+        else:
+            generated = torch.cat(images)
+            extractor, reference = self._quality_refs()
+            q = quality.compute(generated, reference, extractor, s["bootstrap"], s["seed"])
+            q.update(extractor=extractor.name, extractor_sha256=extractor.weights_sha256,
+                     extractor_description=extractor.description, quality_reused_from=None)
+            grid = self.store.save_samples(cell.spec_hash, generated)
+            self._quality[cell.quality_key] = ({k: q.get(k) for k in _QUALITY_KEYS}, cell.spec_hash, grid)
+
+        latency = Latency.from_values(batch_times)
+        main = "model" if "model" in denoiser_ms else next(iter(denoiser_ms))
+        den = Latency.from_values(denoiser_ms[main])
+        metrics = {
+            "params_total": sum(p.numel() for n in pipe.networks.values() for p in n.parameters()),
+            "nfe": nfe, "nfe_by_network": calls_per_image,
+            "flops_per_call": flops_per_call.get(main), "flops_per_call_by_network": flops_per_call,
+            "flops_per_image": sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image),
+            "flops_unit": FLOPS_UNIT,
+            "setup_s": setup_s, "first_call_s": first_s,
+            "latency_per_image_ms": latency.median_s / batch * 1e3,
+            "latency_per_image_mad_ms": latency.mad_s / batch * 1e3,
+            "latency_batch_median_s": latency.median_s, "latency_batch_mad_s": latency.mad_s,
+            "latency_count": latency.count,
+            "denoiser_call_median_ms": den.median_s * 1e3, "denoiser_call_mad_ms": den.mad_s * 1e3,
+            "denoiser_call_count": den.count,
+            "torch_threads": torch.get_num_threads(),
+            "timed_images": n_timed_images,
+            **mem.result(), **energy.result(n_timed_images), **q,
+        }
+        return {"spec_hash": cell.spec_hash, "status": "ok", "spec": s, "metrics": metrics,
+                "raw": {"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms},
+                "info": pipe.info, "artifacts": artifacts, "technique_version": technique.version(),
+                "sample_grid": grid, "provenance": provenance(device)}
+
+    def _time_networks(self, networks, first_inputs, batch, device, autocast) -> dict[str, list[float]]:
+        out = {}
+        reps = self.config.latency.denoiser_repeats
+        for name, args in first_inputs.items():
+            batched = tuple(a.expand(batch, *a.shape[1:]).contiguous() if torch.is_tensor(a) and a.ndim > 0 else a
+                            for a in args)
+
+            def call(net=networks[name], inputs=batched):
+                with autocast:
+                    return net(*inputs)
+
+            timed(call, device)  # warm
+            out[name] = repeat_until(call, device, reps, 0.0)
+        return out
+
+
+_QUALITY_KEYS = ("fid", "fid_ci_low", "fid_ci_high", "fid_bootstrap_se", "kid", "kid_std", "precision", "recall",
+                 "n_generated", "n_reference", "extractor", "extractor_sha256", "extractor_description")

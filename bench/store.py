@@ -1,0 +1,136 @@
+"""The results store: one JSON record per cell under ``<root>/records/``, written atomically (temp file + rename),
+plus each cell's sample grid under ``<root>/samples/``. ``load(path)`` returns one pandas DataFrame."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bench.errors import UserError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "skipped")
+
+
+class Store:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.records = self.root / "records"
+        self.samples = self.root / "samples"
+
+    def prepare(self) -> None:
+        """Create the folders, failing with one line when the location is not writable."""
+        try:
+            self.records.mkdir(parents=True, exist_ok=True)
+            self.samples.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.records, prefix=".probe-", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise UserError(f"results directory {self.root} is not writable ({exc.strerror})") from exc
+
+    def path_for(self, spec_hash: str) -> Path:
+        return self.records / f"{spec_hash}.json"
+
+    def get(self, spec_hash: str) -> dict[str, Any] | None:
+        path = self.path_for(spec_hash)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write(self, record: dict[str, Any]) -> Path:
+        """Write one record atomically: readers see the old file or the new one, never a torn one."""
+        if record.get("status") not in STATUSES:
+            raise ValueError(f"record status must be one of {STATUSES}")
+        record = {"schema_version": SCHEMA_VERSION,
+                  "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **record}
+        return _atomic_write(self.path_for(record["spec_hash"]), json.dumps(record, indent=1, default=_jsonable))
+
+    def save_samples(self, spec_hash: str, images: torch.Tensor, count: int = 16) -> str:
+        """Save the first ``count`` images (uint8 NCHW) as a PNG grid; returns its path relative to the store."""
+        from PIL import Image
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images[:count], nrow=int(count**0.5), padding=1, pad_value=255)
+        path = self.samples / f"{spec_hash}.png"
+        with tempfile.NamedTemporaryFile(dir=self.samples, suffix=".png", delete=False) as tmp:
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        os.replace(tmp.name, path)
+        return str(path.relative_to(self.root))
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_records(path: Path | str) -> list[dict[str, Any]]:
+    """Every readable record under ``path`` (a store, or a folder of stores); unreadable files are skipped with a
+    warning naming them."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"results store {root} does not exist")
+    out = []
+    for file in sorted(root.rglob("records/*.json")):
+        try:
+            record = json.loads(file.read_text())
+            if not isinstance(record, dict) or "spec_hash" not in record or "status" not in record:
+                raise ValueError("not a bench record")
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipping unreadable record {file}: {exc}", stacklevel=2)
+            continue
+        record["_store"] = str(file.parent.parent)
+        out.append(record)
+    return out
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """One DataFrame row: spec, metrics and provenance as top-level columns; params both as JSON and param_<k>."""
+    spec = dict(record.get("spec", {}))
+    params = spec.pop("params", {}) or {}
+    row = {"spec_hash": record["spec_hash"], "status": record["status"], "error": record.get("error"),
+           "reason": record.get("reason"), "schema_version": record.get("schema_version"),
+           "written_at": record.get("written_at"), "store": record.get("_store"),
+           "technique_version": record.get("technique_version"), "sample_grid": record.get("sample_grid"),
+           **spec, "params": json.dumps(params, sort_keys=True)}
+    row.update({f"param_{k}": v for k, v in params.items()})
+    row.update(record.get("metrics", {}) or {})
+    row.update({f"prov_{k}": v for k, v in (record.get("provenance") or {}).items() if k != "versions"})
+    row.update({f"version_{k}": v for k, v in ((record.get("provenance") or {}).get("versions") or {}).items()})
+    row["raw"] = record.get("raw")
+    row["artifacts"] = record.get("artifacts")
+    row["info"] = record.get("info")
+    return row
+
+
+def load(path: Path | str) -> pd.DataFrame:
+    """All records under ``path`` as one DataFrame, one row per cell (several stores below ``path`` are merged)."""
+    rows = [flatten(r) for r in read_records(path)]
+    return pd.DataFrame(rows)

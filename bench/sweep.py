@@ -1,0 +1,148 @@
+"""Expand a sweep config into cells and run them into the results store.
+
+A cell is (technique, params, steps) × (device, dtype, threads, compile, batch) with the quality settings. Its spec
+hash addresses its record, so a rerun skips cells already stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from bench import config as cfg
+from bench import recipes, registry
+from bench.errors import UserError
+from bench.store import Store
+
+# Hardware axes that cannot change which images a seed gives (per-sample RNG): quality is computed once and reused
+# across them. Device, dtype and compile change numerics, so each gets its own quality.
+QUALITY_INVARIANT_AXES = ("threads", "batch")
+
+
+@dataclass(frozen=True)
+class Cell:
+    spec: dict[str, Any]
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def quality_key(self) -> str:
+        rest = {k: v for k, v in self.spec.items() if k not in QUALITY_INVARIANT_AXES}
+        return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        s = self.spec
+        params = " ".join(f"{k}={v}" for k, v in s["params"].items())
+        return (f"{s['technique']} {params} steps={s['steps']} | {s['device']}/{s['dtype']}/{s['threads']}t/"
+                f"b{s['batch']}{'/compiled' if s['compile'] else ''}")
+
+
+def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe | None:
+    m = config.model
+    if m.pretrained:
+        return None
+    return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps)
+
+
+def technique_params(technique: registry.Technique, values: dict[str, Any], where: str) -> Any:
+    """The technique's Params from config values, or a one-line error naming the bad key."""
+    fields = technique.param_fields()
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(f"config: unknown parameter '{where}.params.{key}' for technique {technique.name!r} "
+                            f"(known: {', '.join(fields) or 'none'})")
+        default = fields[key]
+        ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            values[key], ok = float(value), True
+        if not ok:
+            raise UserError(f"config: '{where}.params.{key}' must be {type(default).__name__}, got {value!r}")
+    params = technique.Params(**values)
+    try:
+        technique.validate(params)
+    except ValueError as exc:
+        raise UserError(f"config: {where}.params: {exc}") from None
+    return params
+
+
+def expand_params(technique: registry.Technique, entry: cfg.TechniqueConfig, where: str = "technique") -> list:
+    """The technique's Params for every combination of the entry's parameter lists."""
+    names = list(entry.params)
+    return [technique_params(technique, dict(zip(names, combo, strict=False)), where)
+            for combo in itertools.product(*(entry.params[k] for k in names))]
+
+
+def expand(config: cfg.SweepConfig) -> list[Cell]:
+    """Every cell of the sweep, validated (unknown techniques, parameters and step counts fail here)."""
+    base = base_recipe(config)
+    schedule = base.schedule if base else {}
+    model_id = {"recipe": base.name, "recipe_key": base.key} if base else {"pretrained": config.model.pretrained}
+    hw = config.hardware
+    q = config.quality
+    cells = []
+    for i, entry in enumerate(config.technique):
+        where = f"technique[{i}]"
+        technique = registry.get(entry.name)
+        for params in expand_params(technique, entry, where):
+            limit = technique.max_steps(params, schedule)
+            for steps in entry.steps:
+                if steps > limit:
+                    raise UserError(f"config: {where}.steps {steps} exceeds {limit} for technique {entry.name!r}")
+            extra = {k: r.key for k, r in technique.artifacts(params, base).items()}
+            for steps, device, dtype, threads, compiled, batch in itertools.product(
+                    entry.steps, hw.device, hw.dtype, hw.threads, hw.compile, hw.batch):
+                cells.append(Cell({
+                    "technique": entry.name, "params": dataclasses.asdict(params), "steps": steps,
+                    "device": device, "dtype": dtype, "threads": threads, "compile": compiled, "batch": batch,
+                    "n_samples": entry.n_samples or q.n_samples, "seed": q.seed,
+                    "dataset": config.model.dataset, "resolution": config.model.resolution,
+                    "model": model_id, "artifacts": extra, "extractor": q.extractor,
+                    "reference_split": q.reference_split, "reference_n": q.reference_n, "bootstrap": q.bootstrap,
+                }))
+    return cells
+
+
+def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every cell not yet in the store; returns the records of all cells (stored and new)."""
+    from bench.runner import CellRunner
+
+    cells = expand(config)
+    store = Store(config.store_path)
+    store.prepare()
+    runner = CellRunner(config, store, progress=progress)
+    records = []
+    for n, cell in enumerate(cells, 1):
+        prefix = f"[{n}/{len(cells)}] {cell.label()}"
+        existing = store.get(cell.spec_hash)
+        if existing is not None and not (retry_failed and existing["status"] == "failed"):
+            print(f"{prefix}: already stored ({existing['status']})", flush=True)
+            runner.remember(cell, existing)
+            records.append(existing)
+            continue
+        start = time.perf_counter()
+        try:
+            record = runner.run(cell)
+        except UserError as exc:
+            record = runner.failure(cell, str(exc))
+        except Exception as exc:  # a technique that fails becomes a failed record; the sweep goes on
+            record = runner.failure(cell, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        store.write(record)
+        records.append(record)
+        print(f"{prefix}: {_outcome(record)} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return records
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    if record["status"] != "ok":
+        return f"{record['status'].upper()}: {record.get('error') or record.get('reason')}"
+    m = record["metrics"]
+    return (f"FID {m['fid']:.2f} NFE {m['nfe']} {m['latency_per_image_ms']:.2f} ms/img"
+            + (" (quality reused)" if m.get("quality_reused_from") else ""))

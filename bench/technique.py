@@ -1,0 +1,67 @@
+"""The technique plugin contract.
+
+A technique is a class with a frozen ``Params`` dataclass (its knobs, each with a default), the extra zoo artifacts it
+needs trained, and ``pipeline()``, which turns trained models into a sampler for one step count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.sampling import StepCallback
+from bench.zoo import Recipe
+
+
+@dataclass
+class Pipeline:
+    """What a technique hands the harness for one cell."""
+
+    # sample(generators, callback) → images in [-1, 1], one per generator (N×C×H×W)
+    sample: Callable[[list[torch.Generator], StepCallback | None], torch.Tensor]
+    # every network evaluated at sampling time; forward hooks on these count NFE and give FLOPs per call
+    networks: dict[str, nn.Module]
+    # facts worth keeping in the results row (e.g. the scheduler class and its spacing)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Technique:
+    """Base class for technique plugins; see docs in README."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def validate(self, params: Any) -> None:
+        """Raise ``ValueError`` naming the parameter when ``params`` is not valid."""
+
+    def max_steps(self, params: Any, base_schedule: dict[str, Any]) -> int:
+        return int(base_schedule.get("num_train_timesteps", 1000))
+
+    def artifacts(self, params: Any, base: Recipe | None) -> dict[str, Recipe]:
+        """Extra zoo artifacts this technique needs besides the base model (name → recipe)."""
+        return {}
+
+    def pipeline(self, params: Any, models: dict[str, Any], steps: int) -> Pipeline:
+        """Build the sampler; ``models["model"]`` is the base ``Denoiser``, other keys as ``artifacts()`` named."""
+        raise NotImplementedError
+
+    @classmethod
+    def version(cls) -> str:
+        """A hash of the technique's source file: results from older code can be recognised."""
+        source = inspect.getsource(inspect.getmodule(cls))
+        return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+    @classmethod
+    def param_fields(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls.Params)}

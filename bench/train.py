@@ -1,0 +1,185 @@
+"""One training loop with pluggable objectives; produces zoo artifacts with a training record."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench import data, zoo
+from bench.extractor import DigitClassifier, load_classifier, save_classifier
+from bench.model import Denoiser, build_unet, load_denoiser, save_denoiser
+from bench.provenance import provenance
+
+
+class Objective:
+    """A training objective: how to build the model and its loss on a batch of clean images in [-1, 1]."""
+
+    def build(self, recipe: zoo.Recipe, image_shape: tuple[int, int, int], num_classes: int | None) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None,
+             generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, directory: Path) -> Path:
+        """Write the (EMA) model into ``directory``; returns the weights file."""
+        raise NotImplementedError
+
+    def load(self, directory: Path) -> nn.Module:
+        """Read back what ``save`` wrote."""
+        raise NotImplementedError
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
+    """Class decorator: ``@register_objective("my-loss")`` makes the objective available to recipes."""
+
+    def wrap(cls: type[Objective]) -> type[Objective]:
+        OBJECTIVES[name] = cls()
+        return cls
+
+    return wrap
+
+
+class DiffusionObjective(Objective):
+    """DDPM training (Ho et al. 2020, Algorithm 1): t ~ U{0..T-1}, x_t = a_t x_0 + s_t ε, MSE on the target."""
+
+    prediction_type = "epsilon"
+
+    def build(self, recipe, image_shape, num_classes):
+        net = build_unet({"sample_size": recipe.resolution, "in_channels": image_shape[0],
+                          "out_channels": image_shape[0], **recipe.network})
+        return Denoiser(net, self.prediction_type, recipe.schedule, image_shape)
+
+    def loss(self, model, x0, labels, generator):
+        from diffusers import DDPMScheduler
+
+        sched = DDPMScheduler.from_config(model.scheduler_config)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = sched.add_noise(x0, noise, t)
+        targets = {"epsilon": noise, "sample": x0, "v_prediction": sched.get_velocity(x0, noise, t)}
+        target = targets[self.prediction_type]
+        return F.mse_loss(model(x_t, t), target)
+
+    def save(self, model, directory):
+        return save_denoiser(model, directory)
+
+    def load(self, directory):
+        return load_denoiser(directory)
+
+
+@register_objective("epsilon")
+class EpsilonObjective(DiffusionObjective):
+    prediction_type = "epsilon"
+
+
+@register_objective("v_prediction")
+class VObjective(DiffusionObjective):
+    prediction_type = "v_prediction"
+
+
+@register_objective("classifier")
+class ClassifierObjective(Objective):
+    """Cross-entropy on labels: the offline feature extractor for quality metrics."""
+
+    def build(self, recipe, image_shape, num_classes):
+        if num_classes is None:
+            raise ValueError(f"dataset {recipe.dataset} has no labels to train a classifier on")
+        return DigitClassifier(channels=image_shape[0], num_classes=num_classes, **recipe.network)
+
+    def loss(self, model, x0, labels, generator):
+        return F.cross_entropy(model(x0), labels)
+
+    def save(self, model, directory):
+        return save_classifier(model, directory)
+
+    def load(self, directory):
+        return load_classifier(directory)
+
+
+@torch.enable_grad()  # callers may sit inside no_grad (a sweep that finds an artifact missing)
+def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
+    """Train ``recipe`` and write its artifact (weights, recipe, training record) atomically under ``out``."""
+    objective = OBJECTIVES[recipe.objective]
+    images = data.load(recipe.dataset, "train", recipe.resolution)
+    x_all = images.images.float() / 127.5 - 1.0
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    model = objective.build(recipe, images.shape, images.num_classes).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    warmup = max(1, min(200, recipe.steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    curve, window, start = [], [], time.perf_counter()
+    bar = tqdm(range(recipe.steps), desc=f"train {recipe.name}", unit="step", disable=not progress, mininterval=2)
+    for step in bar:
+        idx = torch.randint(0, len(x_all), (recipe.batch,), generator=generator)
+        labels = images.labels[idx] if images.labels is not None else None
+        loss = objective.loss(model, x_all[idx], labels, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema, model, min(recipe.ema_decay, (1 + step) / (10 + step)))
+        window.append(loss.item())
+        if len(window) == 50 or step == recipe.steps - 1:
+            curve.append([step + 1, sum(window) / len(window)])
+            bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+            window = []
+    wall = time.perf_counter() - start
+    if not all(math.isfinite(v) for _, v in curve):
+        raise RuntimeError(f"training {recipe.name} diverged (non-finite loss)")
+    return _write_artifact(recipe, objective, ema, out, wall, curve, len(x_all))
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=False):
+            e.lerp_(p, 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers(), strict=False):
+            e.copy_(b)
+
+
+def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: list, n_train: int) -> zoo.Artifact:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name}-", dir=out))
+    weights = objective.save(model, tmp)
+    record = {
+        "recipe_key": recipe.key,
+        "steps": recipe.steps,
+        "batch": recipe.batch,
+        "train_images": n_train,
+        "wall_s": round(wall, 2),
+        "final_loss": curve[-1][1] if curve else None,
+        "loss_curve": curve,
+        "weights_file": str(weights.relative_to(tmp)),
+        "weights_sha256": zoo.weights_sha256(weights),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hardware": provenance("cpu"),
+        "command": "python -m bench train",
+    }
+    (tmp / zoo.RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, sort_keys=True))
+    (tmp / zoo.RECORD_FILE).write_text(json.dumps(record, indent=1))
+    final = out / recipe.folder_name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return zoo.Artifact(recipe, final)

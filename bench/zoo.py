@@ -1,0 +1,119 @@
+"""Model zoo: a recipe (dataset, resolution, network, objective, steps, batch, seed) maps to a trained artifact.
+
+Artifacts are content-addressed folders ``<name>-<key>`` where ``key`` hashes the whole recipe. They are looked up
+in the shipped zoo (``bench/artifacts``, trained by ``python -m bench train`` and committed) and then in the user's
+zoo (``$BENCH_ZOO``, default ``~/.cache/bench/zoo``), where newly trained artifacts go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+SHIPPED_ZOO = Path(__file__).parent / "artifacts"
+RECORD_FILE = "training_record.json"
+RECIPE_FILE = "recipe.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a trained artifact; its hash is the artifact's address."""
+
+    name: str  # human label, the prefix of the folder name
+    objective: str  # key in bench.train.OBJECTIVES
+    dataset: str = "mnist"
+    resolution: int = 16
+    network: dict[str, Any] = field(default_factory=dict)  # network constructor kwargs
+    schedule: dict[str, Any] = field(default_factory=dict)  # diffusers scheduler config (denoisers)
+    steps: int = 1000  # optimiser steps
+    batch: int = 64  # images per step
+    lr: float = 1e-3  # AdamW learning rate after a linear warm-up
+    seed: int = 0  # seeds initialisation and batch order
+    ema_decay: float = 0.999  # the saved weights are this EMA of the trained ones
+    options: dict[str, Any] = field(default_factory=dict)  # objective-specific (e.g. teacher recipe, T')
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.name}-{self.key}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A trained artifact on disk: its recipe, its folder and its training record."""
+
+    recipe: Recipe
+    path: Path
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return json.loads((self.path / RECORD_FILE).read_text())
+
+    def summary(self) -> dict[str, Any]:
+        """What a results row keeps about the artifact: address, weights hash and training cost."""
+        rec = self.record
+        return {"recipe": self.recipe.name, "key": self.recipe.key, "path": str(self.path),
+                "weights_sha256": rec.get("weights_sha256"), "train_steps": rec.get("steps"),
+                "train_wall_s": rec.get("wall_s"), "train_device": rec.get("hardware", {}).get("device_name")}
+
+
+def user_zoo() -> Path:
+    return Path(os.environ.get("BENCH_ZOO", Path.home() / ".cache" / "bench" / "zoo")).expanduser()
+
+
+def search_roots(extra: Path | None = None) -> list[Path]:
+    roots = [extra] if extra is not None else []
+    return roots + [SHIPPED_ZOO, user_zoo()]
+
+
+def find(recipe: Recipe, roots: list[Path] | None = None) -> Artifact | None:
+    """The trained artifact for ``recipe`` if any zoo holds a complete one."""
+    for root in roots or search_roots():
+        folder = root / recipe.folder_name
+        if (folder / RECORD_FILE).exists():
+            return Artifact(recipe, folder)
+    return None
+
+
+def ensure(recipe: Recipe, out: Path | None = None, progress: bool = True) -> Artifact:
+    """The artifact for ``recipe``, training it (and saying so) when no zoo has it."""
+    found = find(recipe, search_roots(out))
+    if found is not None:
+        return found
+    from bench.train import train
+
+    target = out or user_zoo()
+    print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); training it "
+          f"({recipe.steps} steps, batch {recipe.batch}) into {target}", flush=True)
+    return train(recipe, target, progress=progress)
+
+
+def weights_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def require_recipe_match(artifact: Artifact) -> None:
+    stored = json.loads((artifact.path / RECIPE_FILE).read_text())
+    if Recipe.from_dict(stored).key != artifact.recipe.key:
+        raise UserError(f"zoo artifact {artifact.path} does not match its recipe (edited or corrupted); delete it")
