@@ -94,7 +94,7 @@ def _plot(df: pd.DataFrame, cost: str) -> str:
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     buf = io.StringIO()
-    fig.savefig(buf, format="svg")
+    fig.savefig(buf, format="svg", metadata={"Date": None})  # reproducible output
     plt.close(fig)
     return buf.getvalue()
 

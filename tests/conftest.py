@@ -1,0 +1,39 @@
+"""Shared fixtures. Every test writes its zoo, caches and stores under a temporary folder, never the user's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = ROOT / "tests" / "data" / "tiny.toml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("bench-home")
+    os.environ["BENCH_ZOO"] = str(home / "zoo")
+    os.environ["BENCH_CACHE"] = str(home / "cache")
+    torch.set_num_threads(1)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_denoiser():
+    """A tiny ε-model on sklearn digits 8×8, trained for a few seconds through the zoo."""
+    from bench import recipes, zoo
+    from bench.model import load_denoiser
+
+    artifact = zoo.ensure(recipes.denoiser_recipe("digits", 8, steps=60), progress=False)
+    return load_denoiser(artifact.path)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=900)

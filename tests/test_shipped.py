@@ -1,0 +1,27 @@
+"""The shipped zoo holds every artifact the default sweep needs, intact, so a fresh machine does not train."""
+
+import json
+
+from bench import config as cfg
+from bench import recipes, sweep, zoo
+from tests.conftest import run_cli
+
+
+def test_default_sweep_artifacts_are_shipped_and_intact() -> None:
+    config = cfg.load()
+    needed = [sweep.base_recipe(config), recipes.classifier_recipe(config.model.dataset, config.model.resolution,
+                                                                   config.quality.extractor_steps)]
+    for recipe in needed:
+        artifact = zoo.find(recipe, [zoo.SHIPPED_ZOO])
+        assert artifact is not None, f"{recipe.name} ({recipe.key}) is not in {zoo.SHIPPED_ZOO}"
+        zoo.require_recipe_match(artifact)
+        record = artifact.record
+        assert record["weights_sha256"] == zoo.weights_sha256(artifact.path / record["weights_file"])
+        assert record["steps"] == recipe.steps and record["command"].startswith("python -m bench train")
+        assert json.loads((artifact.path / zoo.RECIPE_FILE).read_text())["steps"] == recipe.steps
+
+
+def test_bench_train_finds_the_default_artifacts_up_to_date() -> None:
+    result = run_cli("train", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("up to date") == 2 and "trained" not in result.stdout

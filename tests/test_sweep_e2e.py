@@ -1,0 +1,111 @@
+"""One fast end-to-end sweep through the CLI: store on disk, numbers, report, resume, quality reuse, failures."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import registry, store
+from bench.technique import Technique
+from tests.conftest import TINY_CONFIG, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
+    root = tmp_path_factory.mktemp("sweep")
+    result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(root / "results"), "--report",
+                     str(root / "report.html"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root, store.load(root / "results"), result.stdout
+
+
+def test_every_cell_is_stored_ok_with_every_measurement(tiny_sweep) -> None:
+    _, df, _ = tiny_sweep
+    assert len(df) == 14 and (df["status"] == "ok").all()
+    assert df["spec_hash"].is_unique
+    for column in ("params_total", "flops_per_call", "flops_per_image", "nfe", "latency_per_image_ms",
+                   "latency_per_image_mad_ms", "latency_count", "first_call_s", "denoiser_call_median_ms",
+                   "peak_rss_mib", "energy_cpu_kwh_per_image", "energy_ram_kwh_per_image", "fid", "fid_ci_low",
+                   "fid_ci_high", "kid", "precision", "recall", "n_generated", "n_reference", "extractor_sha256"):
+        assert df[column].notna().all(), column
+    assert (df["n_generated"] == 48).all() and (df["n_reference"] == 300).all()
+    assert df["energy_estimated"].all() and df["energy_gpu_kwh_per_image"].isna().all()  # no GPU: missing, not 0
+    heun = df[df["param_sampler"] == "heun"].iloc[0]
+    assert heun["steps"] == 3 and heun["nfe"] == 5
+    assert heun["flops_per_image"] == 5 * heun["flops_per_call"]
+    for raw, count in zip(df["raw"], df["latency_count"], strict=True):
+        assert len(raw["latency_batch_s"]) == count >= 2
+
+
+def test_quality_is_reused_across_threads_not_recomputed(tiny_sweep) -> None:
+    _, df, _ = tiny_sweep
+    for _, group in df.groupby("param_sampler"):
+        assert sorted(group["threads"]) == [1, 2]
+        assert group["fid"].nunique() == 1
+        reused = group[group["quality_reused_from"].notna()]
+        assert len(reused) == 1 and reused.iloc[0]["quality_reused_from"] in set(group["spec_hash"])
+    assert set(df["torch_threads"]) == {1, 2}
+
+
+def test_samplers_differ_in_quality(tiny_sweep) -> None:
+    _, df, _ = tiny_sweep
+    assert df.drop_duplicates("param_sampler")["fid"].nunique() >= 4
+
+
+def test_summary_and_report(tiny_sweep) -> None:
+    root, _, stdout = tiny_sweep
+    assert "fid" in stdout and "14 cells (0 failed)" in stdout
+    page = (root / "report.html").read_text()
+    assert page.count("<svg") >= 2 and "Pareto front" in page and "data:image/png;base64" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # self-contained: nothing fetched
+
+
+def test_rerun_skips_stored_cells(tiny_sweep) -> None:
+    root, df, _ = tiny_sweep
+    before = {p.name: p.read_bytes() for p in (root / "results" / "tiny" / "records").glob("*.json")}
+    result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(root / "results"), "--report",
+                     str(root / "report2.html"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already stored") == 14
+    after = {p.name: p.read_bytes() for p in (root / "results" / "tiny" / "records").glob("*.json")}
+    assert before == after
+
+
+@dataclass(frozen=True)
+class _BrokenParams:
+    mode: str = "boom"
+
+
+class Broken(Technique):
+    name = "broken"
+    description = "always fails (test double)"
+    Params = _BrokenParams
+
+    def pipeline(self, params, models, steps):
+        raise RuntimeError("deliberate failure")
+
+
+def test_failing_technique_becomes_a_failed_record_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
+    from bench.cli import main
+
+    table = {**registry.available(), "broken": f"{__name__}:Broken"}
+    monkeypatch.setattr(registry, "available", lambda: table)
+    config = tmp_path / "c.toml"
+    config.write_text(TINY_CONFIG.read_text().replace("threads = [1, 2]", "threads = [1]").replace(
+        'params = { sampler = ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "heun"] }',
+        'params = { sampler = ["ddim"] }\n\n[[technique]]\nname = "broken"\nsteps = [2]'))
+    code = main(["sweep", "--config", str(config), "--results", str(tmp_path / "res"), "--report",
+                 str(tmp_path / "r.html"), "--no-progress"])
+    assert code == 1
+    df = store.load(tmp_path / "res")
+    assert sorted(df["status"]) == ["failed", "ok"]
+    failed = df[df["status"] == "failed"].iloc[0]
+    assert "deliberate failure" in failed["error"]
+    record = json.loads((tmp_path / "res" / "tiny" / "records" / f"{failed['spec_hash']}.json").read_text())
+    assert "Traceback" in record["traceback"]
+    assert "deliberate failure" in (tmp_path / "r.html").read_text()
