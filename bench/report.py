@@ -50,14 +50,24 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(df: pd.DataFrame) -> str:
-    """The terminal summary: one line per ok cell, cost and quality side by side."""
+    """The terminal summary: one line per ok cell, quality and cost side by side, in readable units."""
     ok = ok_rows(df)
     if ok.empty:
         return "no successful cells"
-    ok = ok.assign(params=ok["params"].map(_short_params))
-    cols = [c for c in SUMMARY_COLUMNS if c in ok]
-    table = ok.sort_values(["technique", "params", "steps"])[cols]
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    varying = _varying(ok)
+    ok = ok.assign(label=ok.apply(_series_label, axis=1, varying=varying)).sort_values(["label", "steps"])
+    hw = [h for h in HARDWARE if h in ok and ok[h].astype(str).nunique() > 1]
+    table = pd.DataFrame({
+        "technique": ok["label"], **{h: ok[h] for h in hw}, "steps": ok["steps"], "NFE": ok["nfe"],
+        "FID [95% CI]": [f"{f:.2f} [{lo:.2f}, {hi:.2f}]" for f, lo, hi in
+                         zip(ok["fid"], ok["fid_ci_low"], ok["fid_ci_high"], strict=True)],
+        "KID": ok["kid"].map(lambda v: f"{v:.3g}"), "prec": ok["precision"].round(3), "rec": ok["recall"].round(3),
+        "N": ok["n_generated"], "ms/img": ok["latency_per_image_ms"].round(3),
+        "MFLOPs/img": (ok["flops_per_image"] / 1e6).round(1),
+        "J/img": (ok["energy_kwh_per_image"] * 3.6e6).map(lambda v: f"{v:.3g}"),
+        "RSS MiB": ok["peak_rss_mib"].round(0).astype(int),
+    })
+    return table.to_string(index=False)
 
 
 def _short_params(params_json: str) -> str:
@@ -66,8 +76,17 @@ def _short_params(params_json: str) -> str:
     return " ".join(f"{k}={v}" for k, v in json.loads(params_json).items())
 
 
-def _series_label(row: pd.Series) -> str:
-    return f"{row['technique']} {_short_params(row['params'])}"
+def _series_label(row: pd.Series, varying: set[str] | None = None) -> str:
+    """Technique name plus the parameters that vary within the plotted rows (all of them when not given)."""
+    import json
+
+    params = {k: v for k, v in json.loads(row["params"]).items() if varying is None or k in varying}
+    return " ".join([str(row["technique"]), *(f"{k}={v}" for k, v in params.items())])
+
+
+def _varying(df: pd.DataFrame) -> set[str]:
+    cols = [c for c in df if c.startswith("param_")]
+    return {c.removeprefix("param_") for c in cols if df[c].astype(str).nunique() > 1}
 
 
 def _plot(df: pd.DataFrame, cost: str) -> str:
@@ -78,11 +97,13 @@ def _plot(df: pd.DataFrame, cost: str) -> str:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     marked = pareto_front(df, cost, by=[h for h in HARDWARE if h in df])
-    for label, group in marked.groupby(marked.apply(_series_label, axis=1)):
+    varying = _varying(marked)
+    for label, group in marked.groupby(marked.apply(_series_label, axis=1, varying=varying)):
         group = group.sort_values(cost)
         ax.plot(group[cost], group["fid"], marker="o", lw=1, alpha=0.8, label=label)
         for _, r in group.iterrows():
             ax.annotate(str(r["steps"]), (r[cost], r["fid"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(f"FID vs {COST_AXES[cost].split(' (')[0]} (labels: requested steps)", fontsize=9)
     front = marked[marked["on_front"]].sort_values(cost)
     ax.step(front[cost], front["fid"], where="post", color="black", lw=2, alpha=0.5, label="Pareto front")
     ax.scatter(front[cost], front["fid"], s=90, facecolors="none", edgecolors="black")

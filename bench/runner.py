@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from bench import config as cfg
 from bench import registry, zoo
@@ -124,7 +125,8 @@ class CellRunner:
         recorder.reset()
         batch_times, images, n_timed_images, runs = [], [], 0, 0
         with PeakMemory(device) as mem, EnergyMeter(self.config.energy_country, device.startswith("cuda")) as energy:
-            for start in ([] if reuse else range(0, len(seeds), batch)):
+            starts = [] if reuse else range(0, len(seeds), batch)
+            for start in tqdm(starts, desc="  generate", unit="batch", leave=False, disable=not self.progress):
                 chunk = seeds[start:start + batch]
                 elapsed, x = timed(lambda c=chunk: run_batch(c), device)
                 images.append(to_uint8(x))
