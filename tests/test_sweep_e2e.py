@@ -59,7 +59,7 @@ def test_samplers_differ_in_quality(tiny_sweep) -> None:
 
 def test_summary_and_report(tiny_sweep) -> None:
     root, _, stdout = tiny_sweep
-    assert "fid" in stdout and "14 cells (0 failed)" in stdout
+    assert "FID [95% CI]" in stdout and "14 cells (0 failed)" in stdout
     page = (root / "report.html").read_text()
     assert page.count("<svg") >= 2 and "Pareto front" in page and "data:image/png;base64" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # self-contained: nothing fetched
