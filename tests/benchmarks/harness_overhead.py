@@ -61,6 +61,7 @@ def main() -> None:
         quality=dataclasses.replace(base.quality, bootstrap=0))
     (cell,) = sweep.expand(config)
     with tempfile.TemporaryDirectory() as tmp:
+        Store(tmp).prepare()
         runner = CellRunner(config, Store(tmp), progress=False)
         denoiser = load_denoiser(zoo.ensure(sweep.base_recipe(config)).path)
         before = bare_median_s(denoiser, a.sampler, a.steps, a.batch, a.repeats)
