@@ -12,6 +12,8 @@ from torch import nn
 
 from bench.errors import UserError
 
+# What diffusers schedulers consume. A technique may define its own output layout (e.g. the dual-output network's
+# stacked heads) and convert it before any scheduler sees it.
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 # DDPM (Ho et al. 2020): T = 1000, linear β from 1e-4 to 0.02.
@@ -35,8 +37,6 @@ class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, prediction_type: str, scheduler_config: dict[str, Any],
                  image_shape: tuple[int, int, int]) -> None:
         super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise UserError(f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
         self.net = net
         self.prediction_type = prediction_type
         self.scheduler_config = {**scheduler_config, "prediction_type": prediction_type}
@@ -51,6 +51,12 @@ class Denoiser(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def require_scheduler_output(self, who: str) -> None:
+        """Raise a ``UserError`` when a diffusers scheduler cannot consume this network's output."""
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"{who} needs a model predicting one of {', '.join(PREDICTION_TYPES)}; this one "
+                            f"predicts {self.prediction_type!r}")
 
 
 def build_unet(config: dict[str, Any]) -> nn.Module:

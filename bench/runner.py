@@ -32,6 +32,21 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
+def model_sources(technique: registry.Technique, params: Any, base: zoo.Recipe | None,
+                  pretrained: str = "") -> dict[str, zoo.Recipe | str]:
+    """What a technique's pipeline receives, by name: ``model`` (the base recipe, or a pretrained folder / hub id)
+    plus the artifacts the technique declares."""
+    return {"model": base or pretrained, **technique.artifacts(params, base)}
+
+
+def load_source(source: zoo.Recipe | str, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """A model and what a results row keeps about it; zoo recipes are trained first when no zoo holds them."""
+    if isinstance(source, zoo.Recipe):
+        artifact = zoo.ensure(source, progress=progress)
+        return OBJECTIVES[source.objective].load(artifact.path), artifact.summary()
+    return load_denoiser(source), {"pretrained": str(source)}
+
+
 class CellRunner:
     def __init__(self, config: cfg.SweepConfig, store: Store, progress: bool = True) -> None:
         self.config, self.store, self.progress = config, store, progress
@@ -52,18 +67,12 @@ class CellRunner:
 
     # -- loading --------------------------------------------------------------------------------------------------
     def _load(self, technique: registry.Technique, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        base = base_recipe(self.config)
-        sources: dict[str, Any] = {"model": base or self.config.model.pretrained}
-        sources.update(technique.artifacts(params, base))
+        sources = model_sources(technique, params, base_recipe(self.config), self.config.model.pretrained)
         models, summaries = {}, {}
         for name, source in sources.items():
             key = source.key if isinstance(source, zoo.Recipe) else str(source)
             if key not in self._models:
-                if isinstance(source, zoo.Recipe):
-                    artifact = zoo.ensure(source, progress=self.progress)
-                    self._models[key] = (OBJECTIVES[source.objective].load(artifact.path), artifact.summary())
-                else:
-                    self._models[key] = (load_denoiser(source), {"pretrained": str(source)})
+                self._models[key] = load_source(source, self.progress)
             model, summary = self._models[key]
             models[name], summaries[name] = copy.deepcopy(model), summary  # cells move and compile their own copy
         return models, summaries
@@ -123,6 +132,8 @@ class CellRunner:
         # 3. Timed loop under the memory and energy meters; it generates the images quality is computed on.
         reuse = self._quality.get(cell.quality_key)
         recorder.reset()
+        if pipe.observe is not None:
+            pipe.observe()  # forget the probe and warm-up runs
         batch_times, images, n_timed_images, runs = [], [], 0, 0
         with PeakMemory(device) as mem, EnergyMeter(self.config.energy_country, device.startswith("cuda")) as energy:
             starts = [] if reuse else range(0, len(seeds), batch)
@@ -138,6 +149,7 @@ class CellRunner:
                                        batch_times)
             extra_runs = len(batch_times) - generated_times
             n_timed_images, runs = n_timed_images + extra_runs * batch, runs + extra_runs
+        observations = pipe.observe() if pipe.observe is not None else {}
         if sum(recorder.calls.values()) != nfe * runs:
             raise RuntimeError(f"NFE differs between runs: {sum(recorder.calls.values())} calls in {runs} runs, "
                                f"expected {nfe} per run")
@@ -182,8 +194,8 @@ class CellRunner:
         }
         return {"spec_hash": cell.spec_hash, "status": "ok", "spec": s, "metrics": metrics,
                 "raw": {"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms},
-                "info": pipe.info, "artifacts": artifacts, "technique_version": technique.version(),
-                "sample_grid": grid, "provenance": provenance(device)}
+                "info": pipe.info, "observations": observations, "artifacts": artifacts,
+                "technique_version": technique.version(), "sample_grid": grid, "provenance": provenance(device)}
 
     def _time_networks(self, networks, first_inputs, batch, device, autocast) -> dict[str, list[float]]:
         out = {}

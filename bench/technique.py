@@ -30,6 +30,9 @@ class Pipeline:
     networks: dict[str, nn.Module]
     # facts worth keeping in the results row (e.g. the scheduler class and its spacing)
     info: dict[str, Any] = field(default_factory=dict)
+    # what the technique saw while sampling since the last call (e.g. the mean gate per timestep), JSON-able; the
+    # runner calls it before and after the timed loop and stores the second answer as the record's ``observations``
+    observe: Callable[[], dict[str, Any]] | None = None
 
 
 class Technique:

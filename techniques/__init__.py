@@ -2,4 +2,5 @@
 
 BUILTIN: dict[str, str] = {
     "step_reduction": "techniques.step_reduction:StepReduction",
+    "dual_output": "techniques.dual_output:DualOutput",
 }

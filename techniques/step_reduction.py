@@ -6,9 +6,11 @@ driven by the harness's loop, which applies ``init_noise_sigma`` and ``scale_mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -18,7 +20,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from bench.sampling import scheduler_loop
+from bench.sampling import StepCallback, scheduler_loop
 from bench.technique import Pipeline, Technique
 
 # name → (scheduler class, config overrides). DPM-Solver++ (Lu et al. 2022) multistep of order 2/3 with lower-order
@@ -48,24 +50,39 @@ class StepReduction(Technique):
         timestep_spacing: str = "trailing"  # trailing starts at t = T-1, which few-step sampling needs
 
     def validate(self, params: Params) -> None:
-        if params.sampler not in SAMPLERS:
-            raise ValueError(f"sampler {params.sampler!r} is not one of {', '.join(SAMPLERS)}")
-        if params.timestep_spacing not in SPACINGS:
-            raise ValueError(f"timestep_spacing {params.timestep_spacing!r} is not one of {', '.join(SPACINGS)}")
-        if not 0.0 <= params.eta <= 1.0:
-            raise ValueError(f"eta {params.eta} is outside [0, 1]")
-        if params.eta and params.sampler != "ddim":
-            raise ValueError(f"eta applies to the ddim sampler only, not {params.sampler!r}")
+        validate_sampler(params.sampler, params.eta, params.timestep_spacing)
 
     def pipeline(self, params: Params, models: dict[str, Any], steps: int) -> Pipeline:
         denoiser = models["model"]
-        cls, overrides = SAMPLERS[params.sampler]
-        config = {**denoiser.scheduler_config, **overrides, "timestep_spacing": params.timestep_spacing}
-        step_kwargs = {"eta": params.eta} if params.sampler == "ddim" else {}
-
-        def sample(gens, callback=None):
-            scheduler = cls.from_config(config)  # fresh per run: multistep schedulers keep state
-            return scheduler_loop(denoiser, scheduler, steps, gens, callback, **step_kwargs)
-
+        denoiser.require_scheduler_output(f"step_reduction ({params.sampler})")
+        sample = make_sampler(denoiser, params.sampler, steps, params.eta, params.timestep_spacing)
         return Pipeline(sample=sample, networks={"model": denoiser},
-                        info={"scheduler": cls.__name__, "timestep_spacing": params.timestep_spacing})
+                        info={"scheduler": SAMPLERS[params.sampler][0].__name__,
+                              "timestep_spacing": params.timestep_spacing})
+
+
+def validate_sampler(sampler: str, eta: float, timestep_spacing: str) -> None:
+    """Raise ``ValueError`` naming the bad sampler setting (shared by techniques that drive these samplers)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if timestep_spacing not in SPACINGS:
+        raise ValueError(f"timestep_spacing {timestep_spacing!r} is not one of {', '.join(SPACINGS)}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta {eta} is outside [0, 1]")
+    if eta and sampler != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only, not {sampler!r}")
+
+
+def make_sampler(denoiser: Any, sampler: str, steps: int, eta: float = 0.0,
+                 timestep_spacing: str = "trailing") -> Callable[..., torch.Tensor]:
+    """``sample(generators, callback)`` for one of ``SAMPLERS`` over any module that predicts what its
+    ``scheduler_config`` says, driven by the harness's loop."""
+    cls, overrides = SAMPLERS[sampler]
+    config = {**denoiser.scheduler_config, **overrides, "timestep_spacing": timestep_spacing}
+    step_kwargs = {"eta": eta} if sampler == "ddim" else {}
+
+    def sample(gens: list[torch.Generator], callback: StepCallback | None = None) -> torch.Tensor:
+        scheduler = cls.from_config(config)  # fresh per run: multistep schedulers keep state
+        return scheduler_loop(denoiser, scheduler, steps, gens, callback, **step_kwargs)
+
+    return sample

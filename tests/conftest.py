@@ -24,13 +24,20 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_denoiser():
-    """A tiny ε-model on sklearn digits 8×8, trained for a few seconds through the zoo."""
-    from bench import recipes, zoo
+def tiny_base():
+    """The recipe of a tiny ε-model on sklearn digits 8×8 (60 steps: seconds); techniques derive theirs from it."""
+    from bench import recipes
+
+    return recipes.denoiser_recipe("digits", 8, steps=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_denoiser(tiny_base):
+    """The tiny ε-model, trained through the zoo."""
+    from bench import zoo
     from bench.model import load_denoiser
 
-    artifact = zoo.ensure(recipes.denoiser_recipe("digits", 8, steps=60), progress=False)
-    return load_denoiser(artifact.path)
+    return load_denoiser(zoo.ensure(tiny_base, progress=False).path)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
