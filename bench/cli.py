@@ -40,9 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="retrain even when the artifact exists")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    report = sub.add_parser("report", help="write the HTML report of a results store")
-    report.add_argument("--results", type=Path, default=Path("results"), help="store (or folder of stores)")
+    report = sub.add_parser(
+        "report", help="write the self-contained HTML report of one or more results stores",
+        description="Read results stores only (they may come from other machines) and write one HTML file with "
+                    "Pareto fronts per cost axis and hardware group, every cell in a sortable table, sample grids, "
+                    "technique sections, training cost, provenance and caveats. Opens from disk; no network.")
+    report.add_argument("--results", type=Path, nargs="+", default=[Path("results")],
+                        help="stores, or folders of stores, to merge (default: results)")
     report.add_argument("--out", type=Path, default=Path("reports/report.html"), help="HTML file to write")
+    report.add_argument("--title", help="page title (default: names the stores)")
+    report.add_argument("--pool-hardware", action="store_true",
+                        help="one front across all hardware groups (default: a front per device/dtype/threads/"
+                             "batch/compile group)")
 
     sub.add_parser("techniques", help="list registered techniques and their parameters")
 
@@ -125,7 +134,7 @@ def _report(args: argparse.Namespace) -> int:
     from bench import report
 
     start = time.perf_counter()
-    out = report.write(args.results, args.out)
+    out = report.write(args.results, args.out, args.title, args.pool_hardware)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - start:.1f} s")
     return 0
 

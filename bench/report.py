@@ -1,6 +1,9 @@
-"""A first HTML report from the results store: FID-vs-cost Pareto plots (frontier marked) and the cell table.
+"""The HTML report: quality-vs-cost Pareto fronts, every cell in a sortable table, sample grids from the same seeds,
+technique sections, training cost, provenance and caveats, in one self-contained file.
 
-Reads only the store. Pareto selection is a pure DataFrame → DataFrame function; rendering is separate.
+It reads only results stores (so it works on stores copied from other machines, and on several merged); data
+selection is pure DataFrame → DataFrame functions, rendering is separate. Every string from a store or a user is
+HTML-escaped on the way out.
 """
 
 from __future__ import annotations
@@ -8,7 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -16,16 +26,40 @@ from bench import store
 from bench.errors import UserError
 
 HARDWARE = ["device", "dtype", "threads", "compile", "batch"]
+# cost column → (axis label, scale from the stored unit to the plotted one)
 COST_AXES = {
-    "flops_per_image": "FLOPs per image (2×MACs)",
-    "nfe": "NFE (denoiser calls per image)",
-    "latency_per_image_ms": "latency per image (ms)",
-    "energy_kwh_per_image": "energy per image (kWh, estimated where flagged)",
-    "peak_rss_mib": "peak RSS (MiB)",
+    "flops_per_image": ("MFLOPs per image (FLOPs = 2×MACs)", 1e-6),
+    "nfe": ("NFE (network calls per image)", 1.0),
+    "latency_per_image_ms": ("latency per image (ms)", 1.0),
+    "energy_kwh_per_image": ("energy per image (J)", 3.6e6),
+    "peak_rss_mib": ("peak RSS (MiB)", 1.0),
 }
+# quality column → (axis label, CI low, CI high, symmetric error column)
+QUALITY_AXES = {
+    "fid": ("FID (lower is better)", "fid_ci_low", "fid_ci_high", None),
+    "kid": ("KID (lower is better)", None, None, "kid_std"),
+}
+SMALL_N = 10_000  # FID is biased upward and noisy well below this many generated images
+SAMPLE_SEEDS_PER_GRID = 16  # Store.save_samples keeps the first 16 images: seeds seed..seed+15 of every cell
 SUMMARY_COLUMNS = ["technique", "params", "steps", "nfe", "fid", "fid_ci_low", "fid_ci_high", "kid", "precision",
                    "recall", "latency_per_image_ms", "flops_per_image", "energy_kwh_per_image", "peak_rss_mib",
                    "n_generated"]
+
+
+# -- data: pure DataFrame functions -----------------------------------------------------------------------------------
+def load_stores(paths: Sequence[Path | str]) -> pd.DataFrame:
+    """Every record under ``paths`` (stores or folders of stores) as one DataFrame; a cell found in several stores
+    keeps its newest record."""
+    frames = [f for f in (store.load(p) for p in paths) if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values("written_at", kind="stable").drop_duplicates("spec_hash", keep="last").reset_index(
+        drop=True)
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
 
 
 def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str] | None = None) -> pd.DataFrame:
@@ -45,8 +79,106 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str
     return out
 
 
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
+def hardware_labels(df: pd.DataFrame) -> pd.Series:
+    """One readable label per row for its hardware group, e.g. ``cpu · float32 · 2 threads · batch 100 · eager``."""
+    def label(row: pd.Series) -> str:
+        return (f"{row.get('device')} · {row.get('dtype')} · {row.get('threads')} threads · batch {row.get('batch')}"
+                f" · {'compiled' if row.get('compile') is True else 'eager'}")
+
+    return df.apply(label, axis=1) if len(df) else pd.Series(dtype=str)
+
+
+def varying_params(df: pd.DataFrame) -> list[str]:
+    """Parameters that take more than one value among ``df``'s rows of any one technique."""
+    names: set[str] = set()
+    for _, rows in df.groupby("technique"):
+        names |= {c.removeprefix("param_") for c in rows if c.startswith("param_")
+                  and rows[c].dropna().astype(str).nunique() > 1}
+    return sorted(names)
+
+
+def series_labels(df: pd.DataFrame, varying: Iterable[str] | None = None) -> pd.Series:
+    """Technique name plus the parameters that vary (all parameters when ``varying`` is None): one plotted series."""
+    keep = None if varying is None else set(varying)
+
+    def label(row: pd.Series) -> str:
+        params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
+        shown = [f"{k}={v}" for k, v in params.items() if keep is None or k in keep]
+        return " ".join([str(row["technique"]), *shown])
+
+    return df.apply(label, axis=1) if len(df) else pd.Series(dtype=str)
+
+
+def training_costs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained artifact the cells used: its training steps, wall time and hardware, and who used it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for _, r in ok_rows(df).iterrows():
+        for role, summary in (r.get("artifacts") or {}).items():
+            if not isinstance(summary, dict) or "key" not in summary:
+                continue
+            row = rows.setdefault(summary["key"], {
+                "artifact": summary.get("recipe"), "key": summary["key"],
+                "train steps": summary.get("train_steps"), "train wall s": summary.get("train_wall_s"),
+                "trained on": summary.get("train_device"), "used by": set(), "roles": set()})
+            row["used by"].add(str(r["technique"]))
+            row["roles"].add(role)
+    table = pd.DataFrame(rows.values(), columns=["artifact", "key", "train steps", "train wall s", "trained on",
+                                                 "used by", "roles"])
+    for col in ("used by", "roles"):
+        table[col] = table[col].map(lambda s: ", ".join(sorted(s)))
+    return table.sort_values("artifact").reset_index(drop=True)
+
+
+def stale_rows(df: pd.DataFrame, installed: dict[str, str]) -> pd.Series:
+    """True where a row was recorded by a technique version other than the installed one."""
+    if "technique_version" not in df:
+        return pd.Series(False, index=df.index)
+    return df.apply(lambda r: r["technique"] in installed and not _is_missing(r["technique_version"])
+                    and r["technique_version"] != installed[r["technique"]], axis=1).astype(bool)
+
+
+def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
+    """Plain-language warnings a reader must see before trusting or comparing the numbers."""
+    notes, ok = [], ok_rows(df)
+    if "energy_estimated" in ok and ok["energy_estimated"].fillna(False).astype(bool).any():
+        methods = sorted(ok.loc[ok["energy_estimated"].fillna(False).astype(bool), "energy_method"].dropna().unique())
+        notes.append("Energy is estimated, not measured: codecarbon found no hardware energy counter "
+                     f"({'; '.join(methods)}). Compare energy between rows of one machine only.")
+    if "extractor" in ok and (ok["extractor"].dropna() != "inception-v3-compat").any():
+        notes.append("FID/KID/precision/recall use an offline feature extractor (a classifier bench trained), not "
+                     "Inception-v3: the numbers rank techniques on this data but are not comparable with published "
+                     "FIDs.")
+    if "n_generated" in ok and ok["n_generated"].notna().any():
+        ns = sorted({int(n) for n in ok["n_generated"].dropna()})
+        if ns[0] < SMALL_N:
+            notes.append(f"FID is computed on small samples (N generated = {', '.join(map(str, ns))}): it is biased "
+                         "upward at small N, so compare rows only at equal N; the intervals are bootstrap 95% "
+                         "intervals over the generated images.")
+        if len(ns) > 1:
+            notes.append("Rows differ in N generated: their FIDs are not directly comparable.")
+    bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
+    for status, rows in bad.groupby("status"):
+        notes.append(f"{len(rows)} cell(s) {status}: " + "; ".join(
+            f"{r['technique']} steps={r.get('steps')}: {_first_line(_reason(r))}"
+            for _, r in rows.iterrows()))
+    stale = stale_rows(df, installed)
+    if stale.any():
+        names = sorted(df.loc[stale, "technique"].unique())
+        notes.append(f"{int(stale.sum())} cell(s) were recorded with an older version of {', '.join(names)} than "
+                     "the one installed (marked stale in the table); rerun them to refresh.")
+    commits = df.get("prov_git_commit", pd.Series(dtype=object)).dropna().astype(str)
+    if commits.str.endswith("+dirty").any():
+        notes.append("Some cells were produced from a checkout with uncommitted changes (commit marked +dirty).")
+    return notes
+
+
+def _reason(row: pd.Series) -> Any:
+    """A failed cell's error or a skipped cell's reason (the other is NaN in the DataFrame)."""
+    return next((v for v in (row.get("error"), row.get("reason")) if not _is_missing(v)), None)
+
+
+def _first_line(text: Any) -> str:
+    return str(text).strip().splitlines()[0] if text else "no reason recorded"
 
 
 def summary_table(df: pd.DataFrame) -> str:
@@ -54,8 +186,7 @@ def summary_table(df: pd.DataFrame) -> str:
     ok = ok_rows(df)
     if ok.empty:
         return "no successful cells"
-    varying = _varying(ok)
-    ok = ok.assign(label=ok.apply(_series_label, axis=1, varying=varying)).sort_values(["label", "steps"])
+    ok = ok.assign(label=series_labels(ok, varying_params(ok))).sort_values(["label", "steps"])
     hw = [h for h in HARDWARE if h in ok and ok[h].astype(str).nunique() > 1]
     table = pd.DataFrame({
         "technique": ok["label"], **{h: ok[h] for h in hw}, "steps": ok["steps"], "NFE": ok["nfe"],
@@ -70,105 +201,377 @@ def summary_table(df: pd.DataFrame) -> str:
     return table.to_string(index=False)
 
 
-def _short_params(params_json: str) -> str:
-    import json
-
-    return " ".join(f"{k}={v}" for k, v in json.loads(params_json).items())
-
-
-def _series_label(row: pd.Series, varying: set[str] | None = None) -> str:
-    """Technique name plus the parameters that vary within the plotted rows (all of them when not given)."""
-    import json
-
-    params = {k: v for k, v in json.loads(row["params"]).items() if varying is None or k in varying}
-    return " ".join([str(row["technique"]), *(f"{k}={v}" for k, v in params.items())])
+# -- rendering --------------------------------------------------------------------------------------------------------
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
 
 
-def _varying(df: pd.DataFrame) -> set[str]:
-    cols = [c for c in df if c.startswith("param_")]
-    return {c.removeprefix("param_") for c in cols if df[c].astype(str).nunique() > 1}
+def figure_svg(fig: Any) -> str:
+    """A matplotlib figure as inline SVG (no date stamp, so a report regenerates byte-identically)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: invalid inside HTML
 
 
-def _plot(df: pd.DataFrame, cost: str) -> str:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    marked = pareto_front(df, cost, by=[h for h in HARDWARE if h in df])
-    varying = _varying(marked)
-    for label, group in marked.groupby(marked.apply(_series_label, axis=1, varying=varying)):
-        group = group.sort_values(cost)
-        ax.plot(group[cost], group["fid"], marker="o", lw=1, alpha=0.8, label=label)
-        for _, r in group.iterrows():
-            ax.annotate(str(r["steps"]), (r[cost], r["fid"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_title(f"FID vs {COST_AXES[cost].split(' (')[0]} (labels: requested steps)", fontsize=9)
-    front = marked[marked["on_front"]].sort_values(cost)
-    ax.step(front[cost], front["fid"], where="post", color="black", lw=2, alpha=0.5, label="Pareto front")
-    ax.scatter(front[cost], front["fid"], s=90, facecolors="none", edgecolors="black")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(COST_AXES[cost])
-    ax.set_ylabel("FID (offline extractor; lower is better)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    plt.rcParams["svg.fonttype"] = "none"  # text as <text>, not glyph paths: a fifth of the size, and searchable
+    return plt
+
+
+def _palette(labels: Iterable[str]) -> dict[str, Any]:
+    plt = _pyplot()
+    labels = sorted(set(labels))
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, Any], title: str) -> Any:
+    """One panel per cost axis: every cell as a point (colour = series, number = steps), error bars where an
+    interval exists, the Pareto front of this hardware group joined and ringed."""
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    _plain = FuncFormatter(lambda v, _: f"{v:g}")
+    group = group[group[quality].notna()]
+    axes_cols = [c for c in COST_AXES if c in group and (group[c] > 0).any()]
+    ncols = 3
+    nrows = -(-(len(axes_cols) + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    label_q, lo_col, hi_col, sd_col = QUALITY_AXES[quality]
+    for ax, cost in zip(flat, axes_cols, strict=False):
+        plotted = group[group[cost] > 0]  # log axes: a zero cost (an energy below the meter's resolution) can't show
+        if len(plotted) < len(group[group[cost].notna()]):
+            ax.text(0.98, 0.98, f"{len(group[group[cost].notna()]) - len(plotted)} cell(s) at zero not shown",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#a40")
+        marked = pareto_front(plotted, cost, quality)
+        scale = COST_AXES[cost][1]
+        marked["_x"] = marked[cost] * scale
+        for label, rows in marked.groupby("series"):
+            rows = rows.sort_values(cost)
+            color = palette[label]
+            yerr = None
+            if lo_col and rows[lo_col].notna().all():
+                yerr = [(rows[quality] - rows[lo_col]).clip(lower=0), (rows[hi_col] - rows[quality]).clip(lower=0)]
+            elif sd_col and sd_col in rows and rows[sd_col].notna().all():
+                yerr = rows[sd_col]
+            ax.errorbar(rows["_x"], rows[quality], yerr=yerr, color=color, marker="o", ms=4, lw=1, alpha=0.85,
+                        elinewidth=0.8, capsize=2, label=label)
+            for _, r in rows.iterrows():
+                ax.annotate(str(r["steps"]), (r["_x"], r[quality]), fontsize=6.5, color=color, xytext=(3, 2),
+                            textcoords="offset points")
+        front = marked[marked["on_front"]].sort_values(cost)
+        ax.step(front["_x"], front[quality], where="post", color="black", lw=1.6, alpha=0.55, zorder=0)
+        ax.scatter(front["_x"], front[quality], s=70, facecolors="none", edgecolors="black", lw=1.2, zorder=3)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_plain)
+        if quality == "fid":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(_plain)
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(COST_AXES[cost][0], fontsize=9)
+        ax.set_ylabel(label_q, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, which="both", alpha=0.25)
+    legend_ax = flat[len(axes_cols)]
+    handles, labels = flat[0].get_legend_handles_labels()
+    legend_ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], color="black", lw=1.6, alpha=0.55, marker="o", mfc="none", ms=8))
+    labels.append("Pareto front (ringed)")
+    legend_ax.legend(handles, labels, loc="center", fontsize=8, frameon=False,
+                     title="series (numbers next to points: steps)", title_fontsize=8)
+    for ax in flat[len(axes_cols) + 1:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})  # reproducible output
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
-def render(df: pd.DataFrame, title: str, results_root: Path | None = None) -> str:
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1500px;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+table.cells th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}
+table.cells th[data-sort=asc]::after{content:" ▲"}table.cells th[data-sort=desc]::after{content:" ▼"}
+tr.failed td,tr.skipped td{background:#fff1ee}tr.stale td{color:#888}
+.warn{background:#fff8e6;border-left:4px solid #e0a000;padding:.5em 1em}.warn li{margin:.3em 0}
+.fig svg{max-width:100%;height:auto}.samples td{text-align:center;vertical-align:top;font-size:11px}
+.samples img{width:104px;height:104px;image-rendering:pixelated;display:block;margin:auto}
+dl.prov{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:13px}dl.prov dt{font-weight:600}
+.toc a{margin-right:1em}
+"""
+
+_TABLE_JS = """
+(function(){
+  var table=document.getElementById('cell-table'),body=table.tBodies[0],filter=document.getElementById('filter'),
+      count=document.getElementById('shown');
+  function update(){var terms=filter.value.toLowerCase().split(/\\s+/).filter(Boolean),n=0;
+    Array.prototype.forEach.call(body.rows,function(r){var t=r.textContent.toLowerCase();
+      var show=terms.every(function(w){return t.indexOf(w)>=0});r.style.display=show?'':'none';if(show)n++;});
+    count.textContent=n+' of '+body.rows.length+' cells shown';}
+  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){th.addEventListener('click',function(){
+    var asc=th.getAttribute('data-sort')!=='asc';
+    Array.prototype.forEach.call(table.tHead.rows[0].cells,function(h){h.removeAttribute('data-sort')});
+    th.setAttribute('data-sort',asc?'asc':'desc');
+    var rows=Array.prototype.slice.call(body.rows);
+    rows.sort(function(a,b){var x=a.cells[i].getAttribute('data-v'),y=b.cells[i].getAttribute('data-v');
+      if(x===''||y===''){return x===y?0:(x===''?1:-1);}
+      var nx=Number(x),ny=Number(y),c=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;return asc?c:-c;});
+    rows.forEach(function(r){body.appendChild(r)});});});
+  filter.addEventListener('input',update);update();
+})();
+"""
+
+# table column → (header, formatter for display); the raw value is kept in data-v for sorting
+_CELL_COLUMNS: list[tuple[str, str, Any]] = [
+    ("technique", "technique", str),
+    ("params_short", "params", str),
+    ("steps", "steps", str),
+    ("nfe", "NFE", lambda v: f"{v:g}"),
+    ("fid", "FID", lambda v: f"{v:.2f}"),
+    ("fid_ci", "FID 95% CI", str),
+    ("kid", "KID", lambda v: f"{v:.4g}"),
+    ("precision", "precision", lambda v: f"{v:.3f}"),
+    ("recall", "recall", lambda v: f"{v:.3f}"),
+    ("n_generated", "N gen", lambda v: f"{v:g}"),
+    ("n_reference", "N ref", lambda v: f"{v:g}"),
+    ("latency_per_image_ms", "ms / image", lambda v: f"{v:.3f}"),
+    ("latency_per_image_mad_ms", "± MAD", lambda v: f"{v:.3f}"),
+    ("denoiser_call_median_ms", "ms / call (batch)", lambda v: f"{v:.2f}"),
+    ("flops_per_image", "MFLOPs / image", lambda v: f"{v / 1e6:,.1f}"),
+    ("params_total", "params", lambda v: f"{v:,.0f}"),
+    ("energy_kwh_per_image", "J / image", lambda v: f"{v * 3.6e6:.3g}"),
+    ("peak_rss_mib", "peak RSS MiB", lambda v: f"{v:.0f}"),
+    ("cuda_max_allocated_mib", "CUDA alloc MiB", lambda v: f"{v:.0f}"),
+    ("hardware", "hardware", str),
+    ("status", "status", str),
+    ("note", "error / note", str),
+    ("spec_hash", "cell", str),
+]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def cells_table(df: pd.DataFrame, stale: pd.Series) -> str:
+    view = df.assign(series=series_labels(df), hardware=df.apply(
+        lambda r: f"{r.get('device')}/{r.get('dtype')}/{r.get('threads')}t/b{r.get('batch')}"
+                  f"{'/compiled' if r.get('compile') is True else ''}", axis=1),
+        params_short=df["params"].map(lambda p: " ".join(f"{k}={v}" for k, v in json.loads(p).items())
+                                      if isinstance(p, str) else ""))
+    view["fid_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if not (_is_missing(lo) or _is_missing(hi)) else None
+                      for lo, hi in zip(view.get("fid_ci_low", [None] * len(view)),
+                                        view.get("fid_ci_high", [None] * len(view)), strict=True)]
+    notes = []
+    for idx, r in view.iterrows():
+        note = _first_line(_reason(r)) if r["status"] != "ok" else ""
+        if r["status"] == "ok" and isinstance(r.get("quality_reused_from"), str):
+            note = f"quality reused from {r['quality_reused_from']}"
+        if stale.get(idx, False):
+            note = (note + "; " if note else "") + "stale: older technique version"
+        notes.append(note or None)
+    view["note"] = notes
+    cols = [c for c in _CELL_COLUMNS if c[0] in view and view[c[0]].notna().any()]
+    head = "".join(f"<th>{_esc(h)}</th>" for _, h, _ in cols)
+    body = []
+    for idx, r in view.sort_values(["technique", "series", "steps"]).iterrows():
+        cls = " ".join(filter(None, [str(r["status"]), "stale" if stale.get(idx, False) else ""]))
+        tds = []
+        for col, _, fmt in cols:
+            v = r.get(col)
+            raw = "" if _is_missing(v) else (f"{v:.10g}" if isinstance(v, float) else str(v))
+            shown = "" if _is_missing(v) else fmt(v)
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            tds.append(f"<td{' class=n' if numeric else ''} data-v='{_esc(raw)}'>{_esc(shown)}</td>")
+        body.append(f"<tr class='{_esc(cls)}'>{''.join(tds)}</tr>")
+    return (f"<p><input id='filter' size='50' placeholder='filter: words that must all appear, e.g. ddim 10'> "
+            f"<span id='shown'></span> · click a header to sort</p>"
+            f"<div style='overflow-x:auto'><table id='cell-table' class='cells'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div><script>{_TABLE_JS}</script>")
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{_esc(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def sample_matrix(ok: pd.DataFrame) -> str:
+    """Rows: series (and dtype/device where they vary); columns: steps. Every grid shows the same seeds."""
+    ok = ok.assign(series=series_labels(ok, varying_params(ok)))
+    image_keys = [c for c in ("device", "dtype") if c in ok and ok[c].astype(str).nunique() > 1]
+    ok["row"] = ok["series"] + ok.apply(lambda r: "".join(f" · {r[c]}" for c in image_keys), axis=1)
+    steps = sorted(ok["steps"].unique())
+    seeds = sorted(ok["seed"].unique()) if "seed" in ok else [0]
+    out = [f"<p>Each grid: the first {SAMPLE_SEEDS_PER_GRID} of the images the quality numbers were computed on, "
+           f"seeds {', '.join(f'{s}–{s + SAMPLE_SEEDS_PER_GRID - 1}' for s in seeds)} in every cell, so a column "
+           "compares techniques on the same initial noise.</p><div style='overflow-x:auto'><table class='samples'>"
+           "<tr><th></th>" + "".join(f"<th>{_esc(s)} steps</th>" for s in steps) + "</tr>"]
+    for row_label, rows in sorted(ok.groupby("row"), key=lambda kv: kv[0]):
+        cells = []
+        for s in steps:
+            match = rows[rows["steps"] == s]
+            path = next((p for p in (_grid_path(r) for _, r in match.iterrows()) if p is not None), None)
+            if path is None:
+                cells.append("<td></td>")
+                continue
+            r = match.iloc[0]
+            cells.append(f"<td>{_img(path, f'{row_label}, {s} steps')}FID {r['fid']:.1f} · NFE {r['nfe']}</td>")
+        out.append(f"<tr><th>{_esc(row_label)}</th>{''.join(cells)}</tr>")
+    return "".join(out) + "</table></div>"
+
+
+def _grid_path(row: pd.Series) -> Path | None:
+    rel, root = row.get("sample_grid"), row.get("store")
+    if not isinstance(rel, str) or not isinstance(root, str):
+        return None
+    path = Path(root) / rel
+    return path if path.is_file() else None
+
+
+def technique_sections(df: pd.DataFrame) -> str:
+    from bench import registry
+
+    out = []
+    for name, rows in ok_rows(df).groupby("technique"):
+        try:
+            technique = registry.get(str(name))
+        except UserError:
+            out.append(f"<p class='warn'>Technique {_esc(name)} is not installed here: its own section is "
+                       "omitted (its cells are in the fronts and the table).</p>")
+            continue
+        try:
+            sections = technique.report_sections(rows.copy())
+        except Exception as exc:  # a plugin's section must not sink the report
+            out.append(f"<p class='warn'>The {_esc(name)} section failed: {_esc(_first_line(exc))}</p>")
+            continue
+        for section in sections:
+            out.append(f"<h3>{_esc(name)}: {_esc(section.title)}</h3>")
+            out += [f"<p>{_esc(par)}</p>" for par in section.text.split("\n\n") if par.strip()]
+            out += [f"<div class='fig'>{figure_svg(fig)}</div>" for fig in section.figures]
+            out += [t.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}")
+                    for t in section.tables]
+    return "\n".join(out) or "<p>No technique contributed a section.</p>"
+
+
+def provenance_block(df: pd.DataFrame, sources: Sequence[Path | str]) -> str:
+    def distinct(col: str) -> str:
+        if col not in df:
+            return "—"
+        values = df[col].dropna().astype(str)
+        counts = values.value_counts()
+        return "; ".join(f"{v} ({n} cells)" if len(counts) > 1 else v for v, n in counts.items()) or "—"
+
+    versions = [c for c in df if c.startswith("version_")]
+    items = [
+        ("results read", ", ".join(str(s) for s in sources)),
+        ("git commit", distinct("prov_git_commit")),
+        ("device", distinct("prov_device_name")),
+        ("CPU", f"{distinct('prov_cpu_model')} ({distinct('prov_cpu_count')} cores visible)"),
+        ("platform", f"{distinct('prov_platform')}, Python {distinct('prov_python')}"),
+        ("packages", ", ".join(f"{c.removeprefix('version_')} {distinct(c)}" for c in versions)),
+        ("feature extractor", f"{distinct('extractor')} — {distinct('extractor_description')}"),
+        ("extractor weights sha256", distinct("extractor_sha256")),
+        ("N generated / N reference", f"{distinct('n_generated')} / {distinct('n_reference')}"),
+        ("latency", "median and MAD over timed batches after a warm-up call at the real batch and step count; "
+                    "device synchronised; first call reported apart"),
+        ("peak memory", distinct("memory_method")),
+        ("energy", distinct("energy_method")),
+        ("FLOPs", distinct("flops_unit")),
+    ]
+    return "<dl class='prov'>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), pool_hardware: bool = False) -> str:
+    """The whole report as one HTML string."""
+    from bench import registry
+
+    installed = {}
+    for name in df["technique"].dropna().unique():
+        try:
+            installed[str(name)] = registry.get(str(name)).version()
+        except UserError:
+            pass
     ok = ok_rows(df)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-             ".plots{display:flex;flex-wrap:wrap;gap:1em}.warn{color:#a40}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    failed = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
-    if not failed.empty:
-        parts.append(f"<p class='warn'>{len(failed)} cell(s) failed or were skipped:</p><ul>")
-        parts += [f"<li>{html.escape(str(r['technique']))} steps={r['steps']}: "
-                  f"{html.escape(str(r['error'] or r['reason']))}</li>" for _, r in failed.iterrows()]
-        parts.append("</ul>")
-    if not ok.empty:
-        if ok.get("energy_estimated", pd.Series(dtype=bool)).fillna(False).any():
-            parts.append("<p class='warn'>Energy is estimated by codecarbon (no RAPL/NVML counter).</p>")
-        parts.append("<p class='warn'>FID uses an offline classifier's features: not comparable with published "
-                     "Inception FID. Compare rows only at equal N.</p><h2>Quality vs cost</h2><div class='plots'>")
-        parts += [f"<div>{_plot(ok, cost)}</div>" for cost in ("flops_per_image", "latency_per_image_ms", "nfe")
-                  if ok[cost].notna().any()]
-        parts.append("</div><h2>Samples</h2><div class='plots'>")
-        for _, r in ok.sort_values(["technique", "params", "steps"]).iterrows():
-            grid = _grid_img(r, results_root)
-            if grid:
-                parts.append(f"<figure>{grid}<figcaption>{html.escape(_series_label(r))} steps={r['steps']}"
-                             f"</figcaption></figure>")
-        parts.append("</div>")
-    cols = [c for c in SUMMARY_COLUMNS + HARDWARE if c in df]
-    parts.append("<h2>All cells</h2>" + df[cols + ["status"]].to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+    stale = stale_rows(df, installed)
+    counts = df["status"].value_counts().to_dict()
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+             f"<meta name='viewport' content='width=device-width'><style>{_CSS}</style></head><body>",
+             f"<h1>{_esc(title)}</h1>",
+             f"<p>{len(df)} cells: " + ", ".join(f"{n} {_esc(s)}" for s, n in sorted(counts.items())) +
+             f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by <code>python -m bench report</code>.</p>",
+             "<p class='toc'><a href='#fronts'>Pareto fronts</a><a href='#cells'>All cells</a>"
+             "<a href='#samples'>Samples</a><a href='#techniques'>Techniques</a><a href='#training'>Training cost</a>"
+             "<a href='#provenance'>Provenance</a></p>"]
+    notes = caveats(df, installed)
+    if notes:
+        parts.append("<div class='warn'><strong>Caveats</strong><ul>" +
+                     "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
+    parts.append("<h2 id='fronts'>Quality vs cost: Pareto fronts</h2><p>Lower-left is better on every panel. A point "
+                 "is on the front (ringed, joined) when no other cell of the same hardware is at most as costly and "
+                 "at most as bad on that axis. " + ("Hardware groups are pooled into one front, as asked."
+                                                    if pool_hardware else "Each hardware group has its own fronts: "
+                                                    "points from different hardware never share one.") + "</p>")
+    if ok.empty:
+        parts.append("<p>No successful cells to plot.</p>")
+    else:
+        palette_labels = series_labels(ok, varying_params(ok))
+        ok = ok.assign(series=palette_labels, hardware=hardware_labels(ok))
+        if pool_hardware and ok["hardware"].nunique() > 1:
+            ok["series"] = ok["series"] + " @ " + ok["hardware"]
+        palette = _palette(ok["series"])
+        groups = [("all hardware", ok)] if pool_hardware else list(ok.groupby("hardware"))
+        for quality in QUALITY_AXES:
+            if quality not in ok or ok[quality].isna().all():
+                continue
+            for hw, group in groups:
+                if group[quality].isna().all():
+                    continue
+                title_q = f"{quality.upper()} vs cost — {hw}"
+                fig = front_figure(group, quality, palette, title_q)
+                body = f"<div class='fig'>{figure_svg(fig)}</div>"
+                parts.append(body if quality == "fid" else
+                             f"<details><summary>{_esc(title_q)}</summary>{body}</details>")
+    parts.append("<h2 id='cells'>All cells</h2>" + cells_table(df, stale))
+    parts.append("<h2 id='samples'>Samples</h2>" + (sample_matrix(ok) if not ok.empty else "<p>None.</p>"))
+    parts.append("<h2 id='techniques'>Technique sections</h2>" + technique_sections(df))
+    costs = training_costs(df)
+    parts.append("<h2 id='training'>Training cost</h2><p>Every trained artifact the cells used, so techniques that "
+                 "move cost from sampling into training are judged with that cost in view.</p>" +
+                 (costs.to_html(index=False, escape=True, na_rep="") if not costs.empty else "<p>None recorded.</p>"))
+    parts.append("<h2 id='provenance'>Provenance</h2>" + provenance_block(df, sources))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _grid_img(row: pd.Series, results_root: Path | None) -> str:
-    rel, store_dir = row.get("sample_grid"), row.get("store")
-    if not isinstance(rel, str) or not isinstance(store_dir, str):
-        return ""
-    path = Path(store_dir) / rel
-    if not path.exists():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"<img width='128' style='image-rendering:pixelated' src='data:image/png;base64,{data}'>"
-
-
-def write(results: Path, out: Path, title: str | None = None) -> Path:
-    """Render the store under ``results`` into the self-contained HTML file ``out``."""
-    df = store.load(results)
+def write(results: Path | Sequence[Path], out: Path, title: str | None = None, pool_hardware: bool = False) -> Path:
+    """Render the stores under ``results`` into the self-contained HTML file ``out`` (written atomically)."""
+    sources = [results] if isinstance(results, (str, Path)) else list(results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        df = load_stores(sources)
     if df.empty:
-        raise UserError(f"results store {results} holds no records: nothing to report")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(df, title or f"bench report: {results}", results))
+        raise UserError(f"results store {', '.join(map(str, sources))} holds no records: nothing to report")
+    page = render(df, title or f"bench report: {', '.join(map(str, sources))}", sources, pool_hardware)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out} ({exc.strerror})") from exc
     return out

@@ -127,6 +127,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     row["raw"] = record.get("raw")
     row["artifacts"] = record.get("artifacts")
     row["info"] = record.get("info")
+    row["observations"] = record.get("observations")
     return row
 
 

@@ -21,6 +21,17 @@ from bench.zoo import Recipe
 
 
 @dataclass
+class ReportSection:
+    """What a technique adds to the HTML report about its own rows: plain text (escaped by the report), matplotlib
+    figures (embedded as SVG) and small tables."""
+
+    title: str
+    text: str = ""
+    figures: list[Any] = field(default_factory=list)  # matplotlib.figure.Figure
+    tables: list[Any] = field(default_factory=list)  # pandas.DataFrame
+
+
+@dataclass
 class Pipeline:
     """What a technique hands the harness for one cell."""
 
@@ -58,6 +69,11 @@ class Technique:
     def pipeline(self, params: Any, models: dict[str, Any], steps: int) -> Pipeline:
         """Build the sampler; ``models["model"]`` is the base ``Denoiser``, other keys as ``artifacts()`` named."""
         raise NotImplementedError
+
+    def report_sections(self, rows: Any) -> list[ReportSection]:
+        """Sections for the report from this technique's rows of the results store (a DataFrame with one row per
+        cell, ``observations`` and ``info`` as dicts); the report knows nothing about any one technique."""
+        return []
 
     @classmethod
     def version(cls) -> str:

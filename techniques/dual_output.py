@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.model import Denoiser, build_unet
 from bench.sampling import generators
-from bench.technique import Pipeline, Technique
+from bench.technique import Pipeline, ReportSection, Technique
 from bench.train import DiffusionObjective, register_objective
 from bench.zoo import Recipe
 from techniques.step_reduction import SAMPLERS, make_sampler, validate_sampler
@@ -183,3 +183,45 @@ class DualOutput(Technique):
                                               "gate_by_timestep": sorted(table.items(), reverse=True)}
         return Pipeline(sample=sample, networks={"model": gated}, info=info,
                         observe=lambda: {"gate_curve": gated.gate_curve()})
+
+    def report_sections(self, rows: Any) -> list[ReportSection]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import pandas as pd
+
+        rows = rows.drop_duplicates(["param_mode", "param_sampler", "param_eta", "steps"])  # one per image set
+        sections = []
+        curves = [(r, r["observations"]["gate_curve"]) for _, r in rows.sort_values("steps").iterrows()
+                  if r["param_mode"] == "dual" and isinstance(r.get("observations"), dict)
+                  and r["observations"].get("gate_curve")]
+        if curves:
+            fig, ax = plt.subplots(figsize=(6.4, 3.6))
+            for r, curve in curves:
+                t, g = zip(*curve, strict=True)
+                ax.plot(t, g, marker="o", ms=3, lw=1, label=f"{r['steps']} steps, {r['param_sampler']}")
+            ax.set_xlim(1000, 0)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("timestep t (left: pure noise, right: clean)")
+            ax.set_ylabel("mean gate g")
+            ax.set_title("learned gate: 1 = use the x̂_0 head, 0 = use the ε head", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            longest = curves[-1][1]
+            text = (f"Mean of the per-pixel gate over every generated image, at each sampling timestep. With "
+                    f"{curves[-1][0]['steps']} steps it is {longest[0][1]:.2f} at t = {longest[0][0]:g} and "
+                    f"{longest[-1][1]:.2f} at t = {longest[-1][0]:g}; the paper expects near 1 at high noise and "
+                    "near 0 at low noise.")
+            sections.append(ReportSection("gate per timestep", text, figures=[fig]))
+        if "fid" in rows:
+            table = rows.assign(cell=[f"{f:.2f} [{lo:.2f}, {hi:.2f}]" for f, lo, hi in
+                                      zip(rows["fid"], rows["fid_ci_low"], rows["fid_ci_high"], strict=True)])
+            pivot = table.pivot_table(index=["param_mode", "param_sampler"], columns="steps", values="cell",
+                                      aggfunc="first").reset_index()
+            pivot.columns = ["mode", "sampler", *(f"FID @ {c} steps" for c in pivot.columns[2:])]
+            sections.append(ReportSection("ablations: FID [95% CI] by mode and steps",
+                                          "Same trained network; the mode picks the heads (eps, x0), a gate fixed "
+                                          "per timestep (fixed_gate) or the learned per-pixel gate (dual).",
+                                          tables=[pd.DataFrame(pivot)]))
+        return sections

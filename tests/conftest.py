@@ -12,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "tests" / "data" / "tiny.toml"
+TINY_CELLS = 16  # 7 samplers + dual_output, at 1 and 2 threads
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +45,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     """``python -m bench ARGS`` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny sweep run once through the CLI: (folder, its store as a DataFrame, stdout); report at report.html."""
+    from bench import store
+
+    root = tmp_path_factory.mktemp("sweep")
+    result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(root / "results"), "--report",
+                     str(root / "report.html"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root, store.load(root / "results"), result.stdout

@@ -7,26 +7,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import pytest
-
 from bench import registry, store
 from bench.technique import Technique
-from tests.conftest import TINY_CONFIG, run_cli
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
-    root = tmp_path_factory.mktemp("sweep")
-    result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(root / "results"), "--report",
-                     str(root / "report.html"), "--no-progress")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return root, store.load(root / "results"), result.stdout
+from tests.conftest import TINY_CELLS, TINY_CONFIG, run_cli
 
 
 def test_every_cell_is_stored_ok_with_every_measurement(tiny_sweep) -> None:
     _, df, _ = tiny_sweep
-    assert len(df) == 14 and (df["status"] == "ok").all()
+    assert len(df) == TINY_CELLS and (df["status"] == "ok").all()
     assert df["spec_hash"].is_unique
     for column in ("params_total", "flops_per_call", "flops_per_image", "nfe", "latency_per_image_ms",
                    "latency_per_image_mad_ms", "latency_count", "first_call_s", "denoiser_call_median_ms",
@@ -44,7 +32,7 @@ def test_every_cell_is_stored_ok_with_every_measurement(tiny_sweep) -> None:
 
 def test_quality_is_reused_across_threads_not_recomputed(tiny_sweep) -> None:
     _, df, _ = tiny_sweep
-    for _, group in df.groupby("param_sampler"):
+    for _, group in df.groupby(["technique", "params"]):
         assert sorted(group["threads"]) == [1, 2]
         assert group["fid"].nunique() == 1
         reused = group[group["quality_reused_from"].notna()]
@@ -54,12 +42,13 @@ def test_quality_is_reused_across_threads_not_recomputed(tiny_sweep) -> None:
 
 def test_samplers_differ_in_quality(tiny_sweep) -> None:
     _, df, _ = tiny_sweep
-    assert df.drop_duplicates("param_sampler")["fid"].nunique() >= 4
+    samplers = df[df["technique"] == "step_reduction"].drop_duplicates("param_sampler")
+    assert samplers["fid"].nunique() >= 4
 
 
 def test_summary_and_report(tiny_sweep) -> None:
     root, _, stdout = tiny_sweep
-    assert "FID [95% CI]" in stdout and "14 cells (0 failed)" in stdout
+    assert "FID [95% CI]" in stdout and f"{TINY_CELLS} cells (0 failed)" in stdout
     page = (root / "report.html").read_text()
     assert page.count("<svg") >= 2 and "Pareto front" in page and "data:image/png;base64" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # self-contained: nothing fetched
@@ -71,7 +60,7 @@ def test_rerun_skips_stored_cells(tiny_sweep) -> None:
     result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(root / "results"), "--report",
                      str(root / "report2.html"), "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("already stored") == 14
+    assert result.stdout.count("already stored") == TINY_CELLS
     after = {p.name: p.read_bytes() for p in (root / "results" / "tiny" / "records").glob("*.json")}
     assert before == after
 
@@ -98,7 +87,8 @@ def test_failing_technique_becomes_a_failed_record_and_the_sweep_goes_on(tmp_pat
     config = tmp_path / "c.toml"
     config.write_text(TINY_CONFIG.read_text().replace("threads = [1, 2]", "threads = [1]").replace(
         'params = { sampler = ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "euler", "heun"] }',
-        'params = { sampler = ["ddim"] }\n\n[[technique]]\nname = "broken"\nsteps = [2]'))
+        'params = { sampler = ["ddim"] }\n\n[[technique]]\nname = "broken"\nsteps = [2]').split(
+        '[[technique]]\nname = "dual_output"')[0])
     code = main(["sweep", "--config", str(config), "--results", str(tmp_path / "res"), "--report",
                  str(tmp_path / "r.html"), "--no-progress"])
     assert code == 1
