@@ -272,8 +272,10 @@ def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, Any], tit
         front = marked[marked["on_front"]].sort_values(cost)
         ax.step(front["_x"], front[quality], where="post", color="black", lw=1.6, alpha=0.55, zorder=0)
         ax.scatter(front["_x"], front[quality], s=70, facecolors="none", edgecolors="black", lw=1.2, zorder=3)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(_plain)
+        if cost != "peak_rss_mib":  # memory spans a few percent: a log axis would only crowd its labels
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(_plain)
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if quality == "fid":
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
@@ -571,6 +573,9 @@ def write(results: Path | Sequence[Path], out: Path, title: str | None = None, p
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is for reading
         os.replace(tmp, out)
     except OSError as exc:
         raise UserError(f"cannot write the report to {out} ({exc.strerror})") from exc

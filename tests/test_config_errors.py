@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, run_cli
+from tests.conftest import TINY_CELLS, TINY_CONFIG, run_cli
 
 BAD_CONFIGS = {
     "unknown top-level key": ("nmae = 'x'\n", "unknown key 'nmae'"),
@@ -49,7 +49,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_dry_run_lists_cells_without_running(tmp_path: Path) -> None:
     result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(tmp_path / "res"), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "14 cells" in result.stdout and "sampler=heun" in result.stdout
+    assert f"{TINY_CELLS} cells" in result.stdout and "sampler=heun" in result.stdout
     assert not (tmp_path / "res").exists()
 
 
