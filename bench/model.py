@@ -67,17 +67,27 @@ def build_unet(config: dict[str, Any]) -> nn.Module:
 
 
 def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
-    """Save as a diffusers pipeline folder (``unet/`` + ``scheduler/``) loadable by ``DDPMPipeline.from_pretrained``."""
-    from diffusers import DDPMPipeline, DDPMScheduler
+    """Save as a diffusers pipeline folder (``unet/`` + ``scheduler/``). A ``UNet2DModel`` gets a ``model_index.json``
+    too, so ``DDPMPipeline.from_pretrained`` loads it; a technique's own ``ModelMixin`` network gets the same layout
+    without one (no diffusers pipeline knows its class), and ``load_denoiser(..., net_class=)`` reads it back."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
-    DDPMPipeline(unet=denoiser.net, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
+    if isinstance(denoiser.net, UNet2DModel):
+        DDPMPipeline(unet=denoiser.net, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
+    else:
+        denoiser.net.save_pretrained(directory / "unet", safe_serialization=True)
+        scheduler.save_pretrained(directory / "scheduler")
     return directory / "unet" / "diffusion_pytorch_model.safetensors"
 
 
-def load_denoiser(source: str | Path, device: str = "cpu") -> Denoiser:
-    """A ``Denoiser`` from a local diffusers folder (pipeline layout or a bare UNet folder) or a hub id."""
+def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | None = None) -> Denoiser:
+    """A ``Denoiser`` from a local diffusers folder (pipeline layout or a bare UNet folder) or a hub id; the network
+    is a ``UNet2DModel`` unless ``net_class`` names another diffusers ``ModelMixin`` with the same config keys
+    (``in_channels``, ``sample_size``)."""
     from diffusers import DDPMScheduler, UNet2DModel
+
+    net_class = net_class or UNet2DModel
 
     path = Path(source).expanduser()
     try:
@@ -86,12 +96,13 @@ def load_denoiser(source: str | Path, device: str = "cpu") -> Denoiser:
             sched_file = next((p for p in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json")
                                if p.exists()), None)
             scheduler_config = dict(DDPM_SCHEDULE) if sched_file is None else json.loads(sched_file.read_text())
-            net = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+            net = net_class.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         else:  # a hub id such as google/ddpm-cifar10-32: needs a network or a populated HF cache
-            net = UNet2DModel.from_pretrained(str(source), low_cpu_mem_usage=False)
+            net = net_class.from_pretrained(str(source), low_cpu_mem_usage=False)
             scheduler_config = dict(DDPMScheduler.load_config(str(source)))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load a diffusers UNet from {source!r}: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot load a diffusers {net_class.__name__} from {source!r}: "
+                        f"{str(exc).splitlines()[0]}") from exc
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
     prediction = scheduler_config.get("prediction_type", "epsilon")

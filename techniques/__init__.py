@@ -3,4 +3,5 @@
 BUILTIN: dict[str, str] = {
     "step_reduction": "techniques.step_reduction:StepReduction",
     "dual_output": "techniques.dual_output:DualOutput",
+    "ode_unet": "techniques.ode_unet:ODEUNet",
 }

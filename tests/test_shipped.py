@@ -25,5 +25,5 @@ def test_bench_train_finds_the_default_artifacts_up_to_date() -> None:
     result = run_cli("train", "--no-progress")
     assert result.returncode == 0, result.stderr
     shipped = [d for d in zoo.SHIPPED_ZOO.iterdir() if (d / zoo.RECORD_FILE).exists()]
-    assert len(shipped) == 3  # the FID classifier, the baseline ε-model, the dual-output network
+    assert len(shipped) == 4  # the FID classifier, the baseline ε-model, the dual-output network, the ODE U-Net
     assert result.stdout.count("up to date") == len(shipped) and "trained" not in result.stdout
