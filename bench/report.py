@@ -133,8 +133,8 @@ def stale_rows(df: pd.DataFrame, installed: dict[str, str]) -> pd.Series:
     """True where a row was recorded by a technique version other than the installed one."""
     if "technique_version" not in df:
         return pd.Series(False, index=df.index)
-    return df.apply(lambda r: r["technique"] in installed and not _is_missing(r["technique_version"])
-                    and r["technique_version"] != installed[r["technique"]], axis=1).astype(bool)
+    return pd.Series([store.is_stale(t, v, installed) for t, v in zip(df["technique"], df["technique_version"],
+                                                                      strict=True)], index=df.index, dtype=bool)
 
 
 def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
@@ -501,12 +501,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
     """The whole report as one HTML string."""
     from bench import registry
 
-    installed = {}
-    for name in df["technique"].dropna().unique():
-        try:
-            installed[str(name)] = registry.get(str(name)).version()
-        except UserError:
-            pass
+    installed = registry.installed_versions(df["technique"].dropna().unique())
     ok = ok_rows(df)
     stale = stale_rows(df, installed)
     counts = df["status"].value_counts().to_dict()

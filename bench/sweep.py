@@ -18,7 +18,7 @@ from typing import Any
 from bench import config as cfg
 from bench import recipes, registry
 from bench.errors import UserError
-from bench.store import Store
+from bench.store import Store, is_stale
 
 # Hardware axes that cannot change which images a seed gives (per-sample RNG): quality is computed once and reused
 # across them. Device, dtype and compile change numerics, so each gets its own quality.
@@ -110,20 +110,27 @@ def expand(config: cfg.SweepConfig) -> list[Cell]:
     return cells
 
 
-def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every cell not yet in the store; returns the records of all cells (stored and new)."""
+def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = True,
+        rerun_stale: bool = False) -> list[dict[str, Any]]:
+    """Run every cell not yet in the store (and, if asked, those stored as failed or by an older technique version);
+    returns the records of all cells (stored and new)."""
     from bench.runner import CellRunner
 
     cells = expand(config)
     store = Store(config.store_path)
     store.prepare()
     runner = CellRunner(config, store, progress=progress)
+    versions = registry.installed_versions({c.spec["technique"] for c in cells})
     records = []
     for n, cell in enumerate(cells, 1):
         prefix = f"[{n}/{len(cells)}] {cell.label()}"
         existing = store.get(cell.spec_hash)
-        if existing is not None and not (retry_failed and existing["status"] == "failed"):
-            print(f"{prefix}: already stored ({existing['status']})", flush=True)
+        stale = existing is not None and is_stale(existing.get("spec", {}).get("technique"),
+                                                  existing.get("technique_version"), versions)
+        if existing is not None and not (retry_failed and existing["status"] == "failed") and not (
+                rerun_stale and stale):
+            note = ", stale: recorded by an older version of the technique; --rerun-stale refreshes it" if stale else ""
+            print(f"{prefix}: already stored ({existing['status']}{note})", flush=True)
             runner.remember(cell, existing)
             records.append(existing)
             continue

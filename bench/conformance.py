@@ -1,0 +1,209 @@
+"""The technique contract as runnable checks, shared by the test suite and ``python -m bench check-technique``.
+
+Every check is a function ``check(ctx)`` that raises ``ContractError`` with a message telling the technique's author
+what to fix. ``run(name)`` trains the tiny models a technique needs (sklearn digits 8×8, seconds) into the zoo and
+runs every check, collecting the results instead of stopping at the first failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench import registry, zoo
+from bench.measure.flops import CallRecorder
+from bench.sampling import generators
+from bench.technique import Pipeline, ReportSection, Technique
+
+
+class ContractError(AssertionError):
+    """A technique breaks the contract; the message says what to change."""
+
+
+@dataclass
+class Context:
+    """What the checks share: the technique, its base recipe and the models each parameter variant receives."""
+
+    name: str
+    technique: Technique
+    base: zoo.Recipe
+    _models: dict[str, Any] = field(default_factory=dict)
+
+    def variants(self) -> Iterator[Any]:
+        """Default params plus one variant per sampler and per mode, where the technique has those knobs."""
+        from techniques.step_reduction import SAMPLERS
+
+        fields = self.technique.param_fields()
+        yield self.technique.Params()
+        modes = getattr(inspect.getmodule(type(self.technique)), "MODES", ()) if "mode" in fields else ()
+        candidates = [{"sampler": s} for s in SAMPLERS if "sampler" in fields and s != fields["sampler"]]
+        candidates += [{"mode": m} for m in modes if m != fields["mode"]]
+        for change in candidates:
+            params = self.technique.Params(**change)
+            try:
+                self.technique.validate(params)  # a technique may support only some samplers
+            except ValueError:
+                continue
+            yield params
+
+    def models(self, params: Any) -> dict[str, Any]:
+        """The models a sweep would hand the technique for ``params`` (trained through the zoo when missing)."""
+        from bench.runner import load_source, model_sources
+
+        out = {}
+        for name, source in model_sources(self.technique, params, self.base).items():
+            key = source.key if isinstance(source, zoo.Recipe) else str(source)
+            if key not in self._models:
+                self._models[key] = load_source(source, progress=False)[0]
+            out[name] = self._models[key]
+        return out
+
+    def pipeline(self, params: Any, steps: int) -> Pipeline:
+        pipe = self.technique.pipeline(params, self.models(params), steps)
+        if not isinstance(pipe, Pipeline):
+            raise ContractError(f"pipeline() returned {type(pipe).__name__}; return a bench.technique.Pipeline")
+        return pipe
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ContractError(message)
+
+
+def check_declaration(ctx: Context) -> None:
+    """Name, description, frozen ``Params`` with a default for every field, a source-derived version."""
+    t = ctx.technique
+    _require(getattr(t, "name", None) == ctx.name,
+             f"class attribute name = {getattr(t, 'name', None)!r}; set it to the registered name {ctx.name!r}")
+    _require(bool(t.description), "set the class attribute description to one line saying what the technique does")
+    _require(dataclasses.is_dataclass(t.Params) and t.Params.__dataclass_params__.frozen,
+             "Params must be a @dataclass(frozen=True) nested in the technique class")
+    missing = [f.name for f in dataclasses.fields(t.Params)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _require(not missing, f"give every Params field a default (missing: {', '.join(missing)})")
+    _require(len(t.version()) == 12, "version() must return the 12-hex-digit source hash (do not override it)")
+
+
+def check_validate(ctx: Context) -> None:
+    """The default Params pass ``validate()`` (which must raise ``ValueError`` naming a bad knob)."""
+    try:
+        ctx.technique.validate(ctx.technique.Params())
+    except ValueError as exc:
+        raise ContractError(f"validate() rejects the default Params: {exc}") from exc
+
+
+def check_artifacts(ctx: Context) -> None:
+    """Declared artifacts are zoo recipes with registered objectives."""
+    from bench.train import OBJECTIVES
+
+    declared = ctx.technique.artifacts(ctx.technique.Params(), ctx.base)
+    _require(isinstance(declared, dict), "artifacts() must return a dict name → bench.zoo.Recipe")
+    for name, recipe in declared.items():
+        _require(name != "model", "artifacts() must not use the name 'model' (that is the base model)")
+        _require(isinstance(recipe, zoo.Recipe), f"artifacts()[{name!r}] is {type(recipe).__name__}, not a Recipe")
+        _require(recipe.objective in OBJECTIVES, f"artifacts()[{name!r}] uses objective {recipe.objective!r}, which "
+                 "is not registered; decorate its class with @bench.train.register_objective")
+
+
+def check_sampling(ctx: Context) -> None:
+    """Every variant samples finite images of the model's shape, calls its networks at least once per step, calls
+    the step callback in order, and keeps JSON-able info and observations."""
+    steps = 4
+    for params in ctx.variants():
+        pipe = ctx.pipeline(params, steps)
+        _require(bool(pipe.networks) and all(isinstance(n, torch.nn.Module) for n in pipe.networks.values()),
+                 f"{params}: Pipeline.networks must name every torch module evaluated while sampling")
+        recorder = CallRecorder(pipe.networks)
+        seen: list[int] = []
+        try:
+            with torch.no_grad():
+                x = pipe.sample(generators([0, 1, 2]), lambda info, seen=seen: seen.append(info.index))
+        finally:
+            recorder.remove()
+        shape = (3, *ctx.models(params)["model"].image_shape)
+        _require(torch.is_tensor(x) and tuple(x.shape) == shape, f"{params}: sample(generators, callback) must "
+                 f"return N×C×H×W images, one per generator: expected {shape}, got {getattr(x, 'shape', type(x))}")
+        _require(bool(torch.isfinite(x).all()), f"{params}: sampled images contain NaN or inf")
+        _require(sum(recorder.calls.values()) >= steps, f"{params}: only {sum(recorder.calls.values())} network calls "
+                 f"in {steps} steps; route every evaluation through a module listed in Pipeline.networks")
+        _require(bool(seen) and seen == list(range(len(seen))),
+                 f"{params}: call the step callback after every step with StepInfo(index=0, 1, ...); saw {seen}")
+        try:
+            json.dumps(pipe.info)
+            if pipe.observe is not None:
+                json.dumps(pipe.observe())
+        except TypeError as exc:
+            raise ContractError(f"{params}: Pipeline.info and observe() must be JSON-able: {exc}") from exc
+
+
+def check_seed_determinism(ctx: Context) -> None:
+    """Image i depends only on seed i: not on the batch it is in, nor on the other seeds (ancestral noise too)."""
+    for params in ctx.variants():
+        pipe = ctx.pipeline(params, 5)
+        with torch.no_grad():
+            full = pipe.sample(generators([0, 1, 2, 3]), None)
+            part = pipe.sample(generators([2, 3]), None)
+            other = pipe.sample(generators([7, 3]), None)
+        hint = ("draw all randomness from the per-sample generators you are given (bench.sampling.noise_like), "
+                "never from the global RNG or one batched draw")
+        _require(torch.allclose(full[2:], part, atol=1e-4, rtol=1e-4),
+                 f"{params}: images change with the batch they are in; {hint}")
+        _require(torch.allclose(other[1], part[1], atol=1e-4, rtol=1e-4),
+                 f"{params}: image for seed 3 changes with the other seeds in the batch; {hint}")
+        _require(not torch.allclose(full[0], full[1]), f"{params}: different seeds give the same image")
+
+
+def check_report_sections(ctx: Context) -> None:
+    """``report_sections`` accepts an empty frame of rows and returns a list of ``ReportSection``."""
+    import pandas as pd
+
+    sections = ctx.technique.report_sections(pd.DataFrame(columns=["technique", "status", "steps"]))
+    _require(isinstance(sections, list) and all(isinstance(s, ReportSection) for s in sections),
+             "report_sections(rows) must return a list of bench.technique.ReportSection (empty is fine)")
+
+
+CHECKS: list[Callable[[Context], None]] = [check_declaration, check_validate, check_artifacts, check_sampling,
+                                           check_seed_determinism, check_report_sections]
+
+
+@dataclass
+class Outcome:
+    check: str
+    doc: str
+    error: str | None = None  # None when it passed
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None
+
+
+def context(name: str, base: zoo.Recipe | None = None) -> Context:
+    """The checks' context for registered technique ``name`` over ``base`` (default: the tiny digits ε-model)."""
+    from bench import recipes
+
+    return Context(name, registry.get(name), base or recipes.denoiser_recipe("digits", 8, steps=60))
+
+
+def run(name: str, base: zoo.Recipe | None = None) -> list[Outcome]:
+    """Every check on technique ``name``; an unexpected exception is reported as a failure with its last frame."""
+    ctx = context(name, base)
+    outcomes = []
+    for check in CHECKS:
+        doc = " ".join((check.__doc__ or "").split("\n\n")[0].split())
+        try:
+            check(ctx)
+            outcomes.append(Outcome(check.__name__, doc))
+        except ContractError as exc:
+            outcomes.append(Outcome(check.__name__, doc, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - an author's bug is a failed check, with where it happened
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            outcomes.append(Outcome(check.__name__, doc, f"raised {type(exc).__name__}: {exc} "
+                                                         f"(at {where.filename}:{where.lineno})"))
+    return outcomes
