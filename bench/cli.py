@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--rerun-stale", action="store_true",
                        help="rerun cells stored by an older version of their technique (its source changed)")
     sweep.add_argument("--report", type=Path, help="report file (default: reports/<name>.html)")
+    sweep.add_argument("--executor", choices=cfg.EXECUTORS, help="override executor.kind: inline (default), process "
+                       "(fresh process per cell) or ray")
+    sweep.add_argument("--timeout", type=float, metavar="SECONDS", help="override executor.timeout_s (process/ray)")
+    sweep.add_argument("--ray-address", help="join this Ray cluster (implies --executor ray); without it a local Ray "
+                       "starts")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train every zoo artifact a sweep needs (skips those already trained)")
@@ -101,6 +106,11 @@ def _sweep(args: argparse.Namespace) -> int:
     config = cfg.load(args.config)
     if args.results:
         config = dataclasses.replace(config, results=args.results)
+    overrides = {k: v for k, v in {"kind": "ray" if args.ray_address else args.executor, "timeout_s": args.timeout,
+                                   "ray_address": args.ray_address}.items() if v is not None}
+    if overrides:
+        config = dataclasses.replace(config, executor=dataclasses.replace(config.executor, **overrides))
+        cfg.validate(config)
     cells = sweep.expand(config)
     if args.dry_run:
         for n, cell in enumerate(cells, 1):

@@ -18,6 +18,7 @@ from bench.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 DTYPES = ("float32", "float16", "bfloat16")
+EXECUTORS = ("inline", "process", "ray")
 
 
 def knob(default: Any, doc: str) -> Any:
@@ -71,6 +72,19 @@ class TechniqueConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str = knob("inline", "inline (this process; the default), process (a fresh process per cell: clean "
+                               "peak memory, crash isolation, timeout) or ray (Ray tasks; pip install 'bench[ray]')")
+    timeout_s: float = knob(0.0, "process/ray: a cell running longer is killed and stored as failed (0 = no limit)")
+    ray_address: str = knob("", "ray: an existing cluster to join (auto, or ray://head:10001); empty starts a local "
+                                "Ray")
+    local_cpus: int = knob(0, "ray: CPUs of the local Ray started when ray_address is empty (0 = all)")
+    ray_num_cpus: int = knob(0, "ray: CPUs each cell requests (0 = the cell's thread count); CUDA cells ask 1 GPU")
+    accelerator_type: str = knob("", "ray: the accelerator type a cell's node must have (e.g. H100), so a hardware "
+                                     "sweep lands on the right nodes")
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = knob("default", "sweep name: the report file and the store folder are named after it")
     results: str = knob("results", "results store root; records go to <results>/<name>/")
@@ -80,6 +94,7 @@ class SweepConfig:
     latency: LatencyConfig = knob(LatencyConfig(), "latency sampling")
     hardware: HardwareConfig = knob(HardwareConfig(), "hardware axes")
     technique: list[TechniqueConfig] = knob([], "one [[technique]] table per technique entry")
+    executor: ExecutorConfig = knob(ExecutorConfig(), "where cells run")
 
     @property
     def store_path(self) -> Path:
@@ -142,7 +157,8 @@ def validate(config: SweepConfig) -> None:
     for dev in hw.device:
         if dev != "cpu" and not (dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise UserError(f"config: hardware.device {dev!r} is not cpu, cuda or cuda:N")
-        if dev.startswith("cuda") and not torch.cuda.is_available():
+        # on Ray the cluster's nodes run the cells, so the driver need not have the device itself
+        if dev.startswith("cuda") and not torch.cuda.is_available() and config.executor.kind != "ray":
             raise UserError(f"config: hardware.device {dev!r} is not present on this machine (no CUDA device)")
     for dtype in hw.dtype:
         if dtype not in DTYPES:
@@ -155,6 +171,16 @@ def validate(config: SweepConfig) -> None:
     _positive("latency.denoiser_repeats", [config.latency.denoiser_repeats])
     if q.bootstrap < 0:
         raise UserError("config: quality.bootstrap must be ≥ 0")
+    from bench import data
+
+    try:
+        data.check_name(config.model.dataset)
+    except UserError as exc:
+        raise UserError(f"config: model.dataset: {exc}") from None
+    pretrained = config.model.pretrained
+    if pretrained and pretrained.startswith(("/", ".", "~")) and not Path(pretrained).expanduser().is_dir():
+        raise UserError(f"config: model.pretrained {pretrained!r} is not a folder (a local diffusers model folder, "
+                        "or a hub id such as google/ddpm-cifar10-32)")
     if config.model.objective not in ("epsilon", "v_prediction"):
         raise UserError(f"config: model.objective {config.model.objective!r} is not epsilon or v_prediction")
     if not config.technique:
@@ -165,6 +191,10 @@ def validate(config: SweepConfig) -> None:
         _positive(f"technique[{i}].steps", entry.steps)
         if entry.n_samples < 0:
             raise UserError(f"config: technique[{i}].n_samples must be ≥ 0")
+    if config.executor.kind not in EXECUTORS:
+        raise UserError(f"config: executor.kind {config.executor.kind!r} is not one of {', '.join(EXECUTORS)}")
+    if config.executor.timeout_s < 0:
+        raise UserError("config: executor.timeout_s must be ≥ 0")
     if not config.name or any(c in config.name for c in "/\\") or config.name.startswith("."):
         raise UserError(f"config: name {config.name!r} must be a plain folder name")
 

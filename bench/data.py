@@ -56,6 +56,17 @@ def load(name: str, split: str, resolution: int) -> ImageSet:
     return _load_cached(name, split, resolution)
 
 
+def check_name(name: str) -> None:
+    """Raise a one-line ``UserError`` for an unknown dataset or a ``folder:PATH`` that does not exist, before any
+    work starts (loading happens later, inside cells and training)."""
+    if name.startswith("folder:"):
+        path = Path(name.removeprefix("folder:")).expanduser()
+        if not path.is_dir():
+            raise UserError(f"dataset folder {path} does not exist")
+    elif name not in _LOADERS:
+        raise UserError(f"unknown dataset {name!r} (known: {', '.join(sorted(_LOADERS))}, folder:PATH)")
+
+
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str, split: str, resolution: int) -> ImageSet:
     if name.startswith("folder:"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +38,29 @@ class Store:
         except OSError as exc:
             raise UserError(f"results directory {self.root} is not writable ({exc.strerror})") from exc
 
+    def claim(self, spec_hash: str) -> bool:
+        """Mark a cell as being run by this process, so a concurrent sweep on the same store skips it. False when a
+        live process on this host (or any process on another host) holds it; a claim left by a killed process on
+        this host is taken over."""
+        claims = self.records / ".claims"
+        claims.mkdir(exist_ok=True)
+        path = claims / spec_hash
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if _claim_is_live(path):
+                    return False
+                path.unlink(missing_ok=True)  # its owner died: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+            return True
+        return False
+
+    def release(self, spec_hash: str) -> None:
+        (self.records / ".claims" / spec_hash).unlink(missing_ok=True)
+
     def path_for(self, spec_hash: str) -> Path:
         return self.records / f"{spec_hash}.json"
 
@@ -54,6 +79,13 @@ class Store:
                   "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **record}
         return _atomic_write(self.path_for(record["spec_hash"]), json.dumps(record, indent=1, default=_jsonable))
 
+    def save_sample_file(self, relative: str, data: bytes) -> None:
+        """Store a sample grid computed elsewhere (a worker process or node) at its record's relative path."""
+        path = self.root / relative
+        with tempfile.NamedTemporaryFile(dir=self.samples, suffix=".png", delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)
+
     def save_samples(self, spec_hash: str, images: torch.Tensor, count: int = 16) -> str:
         """Save the first ``count`` images (uint8 NCHW) as a PNG grid; returns its path relative to the store."""
         from PIL import Image
@@ -65,6 +97,25 @@ class Store:
             Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
         os.replace(tmp.name, path)
         return str(path.relative_to(self.root))
+
+
+def _claim_is_live(path: Path) -> bool:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):  # being written this instant (or its writer died right after creating it)
+        try:
+            return time.time() - path.stat().st_mtime < 60
+        except OSError:
+            return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
 
 
 def _atomic_write(path: Path, text: str) -> Path:

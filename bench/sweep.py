@@ -11,7 +11,6 @@ import hashlib
 import itertools
 import json
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,39 +111,69 @@ def expand(config: cfg.SweepConfig) -> list[Cell]:
 
 def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = True,
         rerun_stale: bool = False) -> list[dict[str, Any]]:
-    """Run every cell not yet in the store (and, if asked, those stored as failed or by an older technique version);
-    returns the records of all cells (stored and new)."""
-    from bench.runner import CellRunner
+    """Run every cell not yet in the store (and, if asked, those stored as failed or by an older technique version)
+    on the configured executor; returns the records of all cells (stored and new).
+
+    Only this driver writes records, one atomic file per cell, as each result arrives: killed at any moment, the store
+    holds every finished cell and a rerun redoes at most the cells that were in flight. Cells are claimed just before
+    they start, so two sweeps sharing a store split the work instead of duplicating it.
+    """
+    from bench import executors
 
     cells = expand(config)
     store = Store(config.store_path)
     store.prepare()
-    runner = CellRunner(config, store, progress=progress)
+    executor = executors.make(config, progress)
     versions = registry.installed_versions({c.spec["technique"] for c in cells})
-    records = []
-    for n, cell in enumerate(cells, 1):
-        prefix = f"[{n}/{len(cells)}] {cell.label()}"
+    number = {cell.spec_hash: n for n, cell in enumerate(cells, 1)}
+    records: dict[str, dict[str, Any]] = {}
+
+    def prefix(cell: Cell) -> str:
+        return f"[{number[cell.spec_hash]}/{len(cells)}] {cell.label()}"
+
+    def wanted(existing: dict[str, Any] | None) -> bool:
+        if existing is None:
+            return True
+        stale = is_stale(existing.get("spec", {}).get("technique"), existing.get("technique_version"), versions)
+        return (retry_failed and existing["status"] == "failed") or (rerun_stale and stale)
+
+    todo = []
+    for cell in cells:
         existing = store.get(cell.spec_hash)
-        stale = existing is not None and is_stale(existing.get("spec", {}).get("technique"),
-                                                  existing.get("technique_version"), versions)
-        if existing is not None and not (retry_failed and existing["status"] == "failed") and not (
-                rerun_stale and stale):
-            note = ", stale: recorded by an older version of the technique; --rerun-stale refreshes it" if stale else ""
-            print(f"{prefix}: already stored ({existing['status']}{note})", flush=True)
-            runner.remember(cell, existing)
-            records.append(existing)
+        if wanted(existing):
+            todo.append(cell)
             continue
-        start = time.perf_counter()
+        stale = is_stale(cell.spec["technique"], existing.get("technique_version"), versions)
+        note = ", stale: recorded by an older version of the technique; --rerun-stale refreshes it" if stale else ""
+        print(f"{prefix(cell)}: already stored ({existing['status']}{note})", flush=True)
+        executor.remember(cell, existing)
+        records[cell.spec_hash] = existing
+
+    started: dict[str, float] = {}
+
+    def claim(cell: Cell) -> bool:
+        if not store.claim(cell.spec_hash):
+            print(f"{prefix(cell)}: being run by another sweep on this store; skipped here", flush=True)
+            return False
+        if not wanted(store.get(cell.spec_hash)):  # another sweep finished it meanwhile
+            store.release(cell.spec_hash)
+            print(f"{prefix(cell)}: stored meanwhile by another sweep", flush=True)
+            return False
+        started[cell.spec_hash] = time.perf_counter()
+        return True
+
+    for cell, record in executor.run(todo, claim):
         try:
-            record = runner.run(cell)
-        except UserError as exc:
-            record = runner.failure(cell, str(exc))
-        except Exception as exc:  # a technique that fails becomes a failed record; the sweep goes on
-            record = runner.failure(cell, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        store.write(record)
-        records.append(record)
-        print(f"{prefix}: {_outcome(record)} ({time.perf_counter() - start:.1f} s)", flush=True)
-    return records
+            png = record.pop(executors.SAMPLE_BYTES, None)
+            if png is not None:
+                store.save_sample_file(record["sample_grid"], png)
+            store.write(record)
+        finally:
+            store.release(cell.spec_hash)
+        records[cell.spec_hash] = record
+        elapsed = time.perf_counter() - started.get(cell.spec_hash, time.perf_counter())
+        print(f"{prefix(cell)}: {_outcome(record)} ({elapsed:.1f} s)", flush=True)
+    return [records[c.spec_hash] for c in cells if c.spec_hash in records]
 
 
 def _outcome(record: dict[str, Any]) -> str:
