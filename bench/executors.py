@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import socket
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -47,7 +48,9 @@ def _worker_record(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict[st
     from bench.runner import CellRunner
 
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as scratch:
-        runner = CellRunner(config, Store(scratch), progress=False)
+        scratch_store = Store(scratch)
+        scratch_store.prepare()
+        runner = CellRunner(config, scratch_store, progress=False)
         for source_cell, record in prior:
             runner.remember(source_cell, record)
         record = run_cell(runner, cell)
@@ -155,6 +158,8 @@ class Ray(_Workers):
             raise UserError("executor 'ray' needs Ray: pip install 'bench[ray]'") from None
         self.ray = ray
         ex = config.executor
+        if ex.ray_address and ex.ray_address != "auto":
+            _require_reachable(ex.ray_address)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": ex.ray_address} if ex.ray_address else {
                 "num_cpus": ex.local_cpus or None, "include_dashboard": False}
@@ -190,6 +195,15 @@ class Ray(_Workers):
             except ray.exceptions.RayError as exc:
                 record = _failure(self.config, cell, f"Ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
             yield cell, record
+
+
+def _require_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds with one line when nothing listens at a Ray address (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach a Ray cluster at {address!r}: {exc}") from None
 
 
 def make(config: cfg.SweepConfig, progress: bool = True) -> Inline | Process | Ray:

@@ -35,8 +35,7 @@ CASES = {
     "unknown nested key": (HEADER.replace("[hardware]", "[hardware]\nthread = [2]") + ENTRY,
                            "unknown key 'hardware.thread'"),
     "bad parameter value": (HEADER + ENTRY + 'params = { sampler = ["dpm"] }\n', "sampler 'dpm' is not one of"),
-    "wrong type": (HEADER.replace("[quality]", "[quality]\nbootstrap = 'many'") + ENTRY,
-                   "'quality.bootstrap' must be int"),
+    "wrong type": (HEADER.replace("[quality]", "[quality]\nseed = 'many'") + ENTRY, "'quality.seed' must be int"),
     "no techniques": (HEADER, "no [[technique]] entries"),
 }
 

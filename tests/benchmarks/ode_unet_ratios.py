@@ -35,7 +35,7 @@ def networks() -> tuple[dict[str, torch.nn.Module], bool]:
     nets = {"U-Net (matched)": unet}
     found = zoo.find(ode_recipe)
     for solver, steps in VARIANTS:
-        ode = (ContinuousUNet.from_pretrained(found.path / "unet") if found else
+        ode = (ContinuousUNet.from_pretrained(found.path / "unet", low_cpu_mem_usage=False) if found else
                ContinuousUNet(sample_size=base.resolution, **ode_recipe.network))
         ode.set_solver(solver, steps)
         nets[f"ODE {solver} x {steps}"] = ode
