@@ -1,6 +1,7 @@
 """Micro-benchmarks (pytest-benchmark): one denoiser call and one full sampler step of every registered technique at
-batch 1 and 64, bare and under the harness's bookkeeping (the forward hooks that count NFE and capture FLOP inputs,
-plus the per-step callback). Excluded from the default test run; the tox environment saves the JSON under results/:
+batch 1 and 64 under the harness's bookkeeping (the forward hooks that count NFE and capture FLOP inputs, plus the
+per-step callback), and beside each an A/B of bare and harnessed calls alternated in pairs (``extra_info``).
+Excluded from the default test run; the tox environment saves the JSON under results/:
 
     tox -e benchmarks
     python tests/benchmarks/overhead_table.py results/benchmarks/micro.json
@@ -9,6 +10,10 @@ Models are the default sweep's (the shipped MNIST 16×16 zoo); CPU, 2 threads, n
 """
 
 from __future__ import annotations
+
+import functools
+import statistics
+import time
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from bench.sampling import generators
 
 TECHNIQUES = sorted(registry.available())
 BATCHES = [1, 64]
+ROUNDS = {1: 120, 64: 30}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,40 +53,48 @@ def pipelines():
     return out
 
 
-def _harness(pipe):
-    """The bookkeeping a timed cell carries: hooks on every network, and a callback (the runner passes None while
-    timing; the benchmark passes a no-op one to bound its cost too)."""
-    return CallRecorder(pipe.networks)
+def _paired(bare, harnessed, pipe, pairs: int) -> dict[str, float]:
+    """Bare and harnessed calls alternated in pairs (hooks attached only for the harnessed one), so drift on a shared
+    machine hits both alike; the overhead is the median of the per-pair ratios."""
+    bare_s, harness_s = [], []
+    for i in range(pairs):
+        for mode in ("bare", "harness") if i % 2 else ("harness", "bare"):
+            recorder = CallRecorder(pipe.networks) if mode == "harness" else None
+            start = time.perf_counter()
+            (harnessed if recorder else bare)()
+            elapsed = time.perf_counter() - start
+            if recorder:
+                recorder.remove()
+            (harness_s if recorder else bare_s).append(elapsed)
+    ratios = [h / b for h, b in zip(harness_s, bare_s, strict=True)]
+    return {"bare_median_ms": statistics.median(bare_s) * 1e3, "harness_median_ms": statistics.median(harness_s) * 1e3,
+            "paired_ratio": statistics.median(ratios), "pairs": pairs}
 
 
-@pytest.mark.parametrize("mode", ["bare", "harness"])
+def _measure(benchmark, pipe, bare, harnessed, batch: int, group: str) -> None:
+    benchmark.group = group
+    benchmark.extra_info.update(_paired(bare, harnessed, pipe, ROUNDS[batch]))
+    recorder = CallRecorder(pipe.networks)  # pytest-benchmark's own statistics are of the harnessed call
+    try:
+        benchmark.pedantic(harnessed, rounds=ROUNDS[batch], warmup_rounds=3, iterations=1)
+    finally:
+        recorder.remove()
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", TECHNIQUES)
-def test_denoiser_call(benchmark, pipelines, name, batch, mode):
+def test_denoiser_call(benchmark, pipelines, name, batch):
     pipe, main, inputs = pipelines[name]
     net = pipe.networks[main]
     args = tuple(a.expand(batch, *a.shape[1:]).contiguous() if torch.is_tensor(a) and a.ndim else a for a in inputs)
-    benchmark.group = f"{name} denoiser call, batch {batch}"
-    recorder = _harness(pipe) if mode == "harness" else None
-    try:
-        benchmark.pedantic(net, args=args, rounds=40 if batch == 1 else 15, warmup_rounds=3, iterations=1)
-    finally:
-        if recorder:
-            recorder.remove()
+    call = functools.partial(net, *args)
+    _measure(benchmark, pipe, call, call, batch, f"{name} denoiser call, batch {batch}")
 
 
-@pytest.mark.parametrize("mode", ["bare", "harness"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", TECHNIQUES)
-def test_sampler_step(benchmark, pipelines, name, batch, mode):
+def test_sampler_step(benchmark, pipelines, name, batch):
     pipe = pipelines[name][0]
     gens = generators(range(batch))
-    benchmark.group = f"{name} one sampler step, batch {batch}"
-    recorder = _harness(pipe) if mode == "harness" else None
-    callback = (lambda info: None) if mode == "harness" else None
-    try:
-        benchmark.pedantic(lambda: pipe.sample(gens, callback), rounds=40 if batch == 1 else 15, warmup_rounds=3,
-                           iterations=1)
-    finally:
-        if recorder:
-            recorder.remove()
+    _measure(benchmark, pipe, lambda: pipe.sample(gens, None), lambda: pipe.sample(gens, lambda info: None), batch,
+             f"{name} one sampler step, batch {batch}")
