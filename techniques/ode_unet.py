@@ -246,7 +246,7 @@ class ODEUNet(Technique):
         for (solver, solver_steps), group in rows.groupby(["param_solver", "param_solver_steps"]):
             r = group.iloc[0]
             matched = r["info"].get("matched_unet") or {}
-            table.append({"solver": f"{solver} x {solver_steps}",
+            table.append({"solver": f"{solver} x {int(solver_steps)}",
                           "f evals / call": r["info"].get("ode_function_evals_per_call"),
                           "params": int(r["params_total"]),
                           "params / matched U-Net": _ratio(r["params_total"], matched.get("params")),
