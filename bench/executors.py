@@ -110,7 +110,8 @@ def run_in_subprocess(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict
     ctx = multiprocessing.get_context("spawn")  # no fork: torch's thread pools and locks do not survive it
     timeout = config.executor.timeout_s or None
     receive, send = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_process_main, args=(config, cell, prior, send), daemon=True)
+    # not daemonic: a cell may start processes of its own (torch.compile's compile workers)
+    worker = ctx.Process(target=_process_main, args=(config, cell, prior, send))
     worker.start()
     send.close()
     record = None

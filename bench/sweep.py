@@ -146,7 +146,8 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
         stale = is_stale(cell.spec["technique"], existing.get("technique_version"), versions)
         note = ", stale: recorded by an older version of the technique; --rerun-stale refreshes it" if stale else ""
         print(f"{prefix(cell)}: already stored ({existing['status']}{note})", flush=True)
-        executor.remember(cell, existing)
+        if not stale:  # new cells never borrow quality computed by older technique code
+            executor.remember(cell, existing)
         records[cell.spec_hash] = existing
 
     started: dict[str, float] = {}
