@@ -54,6 +54,9 @@ def test_every_ode_function_is_conditioned_on_t(ode_net):
 def test_integrator_matches_its_solver_on_exponential_growth(solver, steps, expected):
     h = integrate(lambda y: y, torch.ones(1, dtype=torch.float64), solver, steps)
     assert h.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_rk4_converges_to_the_exact_solution():
     assert abs(integrate(lambda y: y, torch.ones(1, dtype=torch.float64), "rk4", 8).item() - math.e) < 1e-5
 
 
