@@ -119,11 +119,14 @@ def training_costs(df: pd.DataFrame) -> pd.DataFrame:
             row = rows.setdefault(summary["key"], {
                 "artifact": summary.get("recipe"), "key": summary["key"],
                 "train steps": summary.get("train_steps"), "train wall s": summary.get("train_wall_s"),
+                "total steps (with sources)": summary.get("train_total_steps", summary.get("train_steps")),
+                "total wall s (with sources)": summary.get("train_total_wall_s", summary.get("train_wall_s")),
                 "trained on": summary.get("train_device"), "used by": set(), "roles": set()})
             row["used by"].add(str(r["technique"]))
             row["roles"].add(role)
-    table = pd.DataFrame(rows.values(), columns=["artifact", "key", "train steps", "train wall s", "trained on",
-                                                 "used by", "roles"])
+    table = pd.DataFrame(rows.values(), columns=["artifact", "key", "train steps", "train wall s",
+                                                 "total steps (with sources)", "total wall s (with sources)",
+                                                 "trained on", "used by", "roles"])
     for col in ("used by", "roles"):
         table[col] = table[col].map(lambda s: ", ".join(sorted(s)))
     return table.sort_values("artifact").reset_index(drop=True)

@@ -23,7 +23,7 @@ from bench.provenance import provenance
 from bench.sampling import generators
 from bench.store import Store
 from bench.sweep import Cell, base_recipe
-from bench.train import OBJECTIVES
+from bench.train import load_artifact
 
 FLOPS_UNIT = "FLOPs = 2 x MACs, fvcore with an SDPA handle, batch 1"
 
@@ -42,8 +42,8 @@ def model_sources(technique: registry.Technique, params: Any, base: zoo.Recipe |
 def load_source(source: zoo.Recipe | str, progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """A model and what a results row keeps about it; zoo recipes are trained first when no zoo holds them."""
     if isinstance(source, zoo.Recipe):
-        artifact = zoo.ensure(source, progress=progress)
-        return OBJECTIVES[source.objective].load(artifact.path), artifact.summary()
+        model, artifact = load_artifact(source, progress=progress)
+        return model, artifact.summary()
     return load_denoiser(source), {"pretrained": str(source)}
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -57,3 +58,94 @@ def scheduler_loop(denoiser: torch.nn.Module, scheduler: Any, steps: int, gens: 
         if callback is not None:
             callback(StepInfo(i, float(t), x))
     return x
+
+
+class DiscreteSchedule:
+    """ᾱ_t of a DDPM schedule on integer timesteps t = 0..T-1, with t = -1 meaning clean data (ᾱ = 1), and the DDIM
+    arithmetic on it for techniques that step on grids of their own (distillation targets, truncated chains)."""
+
+    def __init__(self, scheduler_config: dict[str, Any]) -> None:
+        from diffusers import DDPMScheduler
+
+        sched = DDPMScheduler.from_config(scheduler_config)
+        self.num_train_timesteps = int(sched.config.num_train_timesteps)
+        self.clip = bool(sched.config.clip_sample)
+        self.clip_range = float(sched.config.clip_sample_range)
+        self._alphas_cumprod = torch.cat([torch.ones(1), sched.alphas_cumprod.float()])
+
+    def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
+        return self._alphas_cumprod[torch.as_tensor(t) + 1]
+
+    def a_s(self, t: torch.Tensor | int, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1-ᾱ_t)), shaped to broadcast against ``like`` (N×C×H×W) when given."""
+        ab = self.alpha_bar(t)
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        if like is not None:
+            a, s = (v.reshape(-1, *[1] * (like.ndim - 1)).to(like.device, like.dtype) for v in (a, s))
+        return a, s
+
+    def trailing_grid(self, steps: int, start: int | None = None) -> list[int]:
+        """``steps`` timesteps from ``start - 1`` down (diffusers' trailing spacing over [0, start)), then -1.
+
+        Grids for n and 2n steps nest (every other point of the 2n grid is the n grid), which distillation needs."""
+        start = self.num_train_timesteps if start is None else start
+        points = np.round(np.arange(start, 0, -start / steps)).astype(int) - 1
+        return [int(t) for t in points] + [-1]
+
+    def diffuse(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+        a, s = self.a_s(torch.as_tensor(t).expand(x0.shape[0]), x0)
+        return a * x0 + s * noise
+
+    def predict(self, denoiser: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | int,
+                clip: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, ε̂) from any of the denoiser's parameterisations. Clipping (the schedule's ``clip_sample`` unless
+        ``clip`` says otherwise) clips x̂_0 only and keeps ε̂, exactly as diffusers' DDIM step does by default, so a
+        DDIM chain here reproduces the step_reduction DDIM cells."""
+        t = torch.as_tensor(t).expand(x.shape[0])
+        a, s = self.a_s(t, x)
+        out = denoiser(x, t.to(x.device)).float()
+        kind = denoiser.prediction_type
+        if kind == "epsilon":
+            x0, eps = (x - s * out) / a, out
+        elif kind == "v_prediction":
+            x0, eps = a * x - s * out, a * out + s * x
+        elif kind == "sample":
+            x0, eps = out, (x - a * out) / s
+        else:
+            raise ValueError(f"cannot step a model predicting {kind!r}")
+        if self.clip if clip is None else clip:
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        return x0, eps
+
+    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t_next: torch.Tensor | int) -> torch.Tensor:
+        """x_{t_next} = a x̂_0 + s ε̂ (η = 0); ``t_next`` one timestep or one per sample."""
+        a, s = self.a_s(torch.as_tensor(t_next).expand(x0.shape[0]), x0)
+        return a * x0 + s * eps
+
+    def ddim(self, denoiser: torch.nn.Module, x: torch.Tensor, grid: Sequence[int],
+             callback: StepCallback | None = None) -> torch.Tensor:
+        """Deterministic DDIM (η = 0) along ``grid`` (descending, ending at -1: clean data)."""
+        for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+            x0, eps = self.predict(denoiser, x, t)
+            x = x0 if t_next < 0 else self.ddim_step(x0, eps, t_next)
+            if callback is not None:
+                callback(StepInfo(i, float(t), x))
+        return x
+
+    def ancestral(self, denoiser: torch.nn.Module, x: torch.Tensor, grid: Sequence[int], gens: list[torch.Generator],
+                  callback: StepCallback | None = None) -> torch.Tensor:
+        """DDPM ancestral sampling along ``grid``: x_s ~ q(x_s | x_t, x̂_0) (the posterior, σ² = β̃), fresh noise per
+        sample from its own generator."""
+        for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+            x0, _ = self.predict(denoiser, x, t)
+            if t_next < 0:
+                x = x0
+            else:
+                ab_t, ab_s = self.alpha_bar(t), self.alpha_bar(t_next)
+                alpha = ab_t / ab_s
+                mean = (ab_s.sqrt() * (1 - alpha) / (1 - ab_t)) * x0 + (alpha.sqrt() * (1 - ab_s) / (1 - ab_t)) * x
+                var = (1 - ab_s) / (1 - ab_t) * (1 - alpha)
+                x = mean + var.sqrt() * noise_like(gens, x.shape[1:], x.device)
+            if callback is not None:
+                callback(StepInfo(i, float(t), x))
+        return x

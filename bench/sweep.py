@@ -91,10 +91,11 @@ def expand(config: cfg.SweepConfig) -> list[Cell]:
         where = f"technique[{i}]"
         technique = registry.get(entry.name)
         for params in expand_params(technique, entry, where):
-            limit = technique.max_steps(params, schedule)
             for steps in entry.steps:
-                if steps > limit:
-                    raise UserError(f"config: {where}.steps {steps} exceeds {limit} for technique {entry.name!r}")
+                try:
+                    technique.validate_steps(params, steps, schedule)
+                except ValueError as exc:
+                    raise UserError(f"config: {where}.steps {steps} {exc} for technique {entry.name!r}") from None
             extra = {k: r.key for k, r in technique.artifacts(params, base).items()}
             for steps, device, dtype, threads, compiled, batch in itertools.product(
                     entry.steps, hw.device, hw.dtype, hw.threads, hw.compile, hw.batch):

@@ -62,6 +62,13 @@ class Technique:
     def max_steps(self, params: Any, base_schedule: dict[str, Any]) -> int:
         return int(base_schedule.get("num_train_timesteps", 1000))
 
+    def validate_steps(self, params: Any, steps: int, base_schedule: dict[str, Any]) -> None:
+        """Raise ``ValueError`` (finishing "steps N ...") when the technique cannot sample in ``steps`` steps; by
+        default any count up to ``max_steps``. Distilled students, for one, exist only for the counts they learned."""
+        limit = self.max_steps(params, base_schedule)
+        if steps > limit:
+            raise ValueError(f"exceeds {limit}")
+
     def artifacts(self, params: Any, base: Recipe | None) -> dict[str, Recipe]:
         """Extra zoo artifacts this technique needs besides the base model (name → recipe)."""
         return {}

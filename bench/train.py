@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,11 @@ from bench.provenance import provenance
 
 
 class Objective:
-    """A training objective: how to build the model and its loss on a batch of clean images in [-1, 1]."""
+    """A training objective: how to build the model and its loss on a batch of clean images in [-1, 1].
+
+    ``train`` makes a fresh instance per training run, so an objective may keep state between ``build`` and ``loss``
+    (a frozen teacher, a discriminator with its own optimiser, extra curves for the training record).
+    """
 
     def build(self, recipe: zoo.Recipe, image_shape: tuple[int, int, int], num_classes: int | None) -> nn.Module:
         raise NotImplementedError
@@ -42,15 +47,27 @@ class Objective:
         """Read back what ``save`` wrote."""
         raise NotImplementedError
 
+    def record(self) -> dict[str, Any]:
+        """Extra fields for the training record (e.g. a discriminator's curves, whether a GAN converged)."""
+        return {}
 
-OBJECTIVES: dict[str, Objective] = {}
+    def source(self, recipe: zoo.Recipe | dict[str, Any], progress: bool = True) -> nn.Module:
+        """A trained model this training starts from or learns from (a teacher, a warm start), trained first when
+        no zoo has it; its training cost counts into this artifact's total."""
+        recipe = recipe if isinstance(recipe, zoo.Recipe) else zoo.Recipe.from_dict(recipe)
+        model, artifact = load_artifact(recipe, progress=progress, out=getattr(self, "out", None))
+        self.sources = [*getattr(self, "sources", []), artifact]
+        return model
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
     """Class decorator: ``@register_objective("my-loss")`` makes the objective available to recipes."""
 
     def wrap(cls: type[Objective]) -> type[Objective]:
-        OBJECTIVES[name] = cls()
+        OBJECTIVES[name] = cls
         return cls
 
     return wrap
@@ -116,7 +133,8 @@ class ClassifierObjective(Objective):
 @torch.enable_grad()  # callers may sit inside no_grad (a sweep that finds an artifact missing)
 def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
     """Train ``recipe`` and write its artifact (weights, recipe, training record) atomically under ``out``."""
-    objective = OBJECTIVES[recipe.objective]
+    objective = OBJECTIVES[recipe.objective]()
+    objective.out = out  # where artifacts it trains from (a teacher chain) are looked up and trained
     images = data.load(recipe.dataset, "train", recipe.resolution)
     x_all = images.images.float() / 127.5 - 1.0
     torch.manual_seed(recipe.seed)
@@ -149,12 +167,29 @@ def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
     return _write_artifact(recipe, objective, ema, out, wall, curve, len(x_all))
 
 
+def load_artifact(recipe: zoo.Recipe, progress: bool = True, out: Path | None = None) -> tuple[nn.Module, zoo.Artifact]:
+    """The trained model of ``recipe`` (trained first, into ``out`` or the user's zoo, when no zoo has it) and its
+    artifact."""
+    artifact = zoo.ensure(recipe, out=out, progress=progress)
+    return OBJECTIVES[recipe.objective]().load(artifact.path), artifact
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=False):
             e.lerp_(p, 1.0 - decay)
         for e, b in zip(ema.buffers(), model.buffers(), strict=False):
             e.copy_(b)
+
+
+def _source_costs(steps: int, wall: float, sources: list[zoo.Artifact]) -> dict[str, Any]:
+    """The artifacts this one was trained from and the total cost including theirs (each counted once)."""
+    if not sources:
+        return {}
+    summaries = {a.recipe.key: {k: v for k, v in a.summary().items() if k != "path"} for a in sources}
+    return {"sources": list(summaries.values()),
+            "total_steps": steps + sum(s["train_total_steps"] or 0 for s in summaries.values()),
+            "total_wall_s": round(wall + sum(s["train_total_wall_s"] or 0 for s in summaries.values()), 2)}
 
 
 def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: list, n_train: int) -> zoo.Artifact:
@@ -175,6 +210,8 @@ def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: lis
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": provenance("cpu"),
         "command": "python -m bench train",
+        **_source_costs(recipe.steps, wall, getattr(objective, "sources", [])),
+        **objective.record(),
     }
     (tmp / zoo.RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, sort_keys=True))
     (tmp / zoo.RECORD_FILE).write_text(json.dumps(record, indent=1))

@@ -71,7 +71,10 @@ class Artifact:
         rec = self.record
         return {"recipe": self.recipe.name, "key": self.recipe.key, "path": str(self.path),
                 "weights_sha256": rec.get("weights_sha256"), "train_steps": rec.get("steps"),
-                "train_wall_s": rec.get("wall_s"), "train_device": rec.get("hardware", {}).get("device_name")}
+                "train_wall_s": rec.get("wall_s"), "train_device": rec.get("hardware", {}).get("device_name"),
+                # with every artifact it was trained from (a distillation chain, a warm start): its full cost
+                "train_total_steps": rec.get("total_steps", rec.get("steps")),
+                "train_total_wall_s": rec.get("total_wall_s", rec.get("wall_s"))}
 
 
 def user_zoo() -> Path:

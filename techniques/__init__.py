@@ -4,4 +4,6 @@ BUILTIN: dict[str, str] = {
     "step_reduction": "techniques.step_reduction:StepReduction",
     "dual_output": "techniques.dual_output:DualOutput",
     "ode_unet": "techniques.ode_unet:ODEUNet",
+    "distillation": "techniques.distillation:Distillation",
+    "truncation": "techniques.truncation:Truncation",
 }

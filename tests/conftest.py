@@ -12,7 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "tests" / "data" / "tiny.toml"
-TINY_CELLS = 18  # 7 samplers + dual_output + ode_unet, at 1 and 2 threads
+TINY_CELLS = 22  # 7 samplers + dual_output + ode_unet + truncation + distillation, at 1 and 2 threads
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,268 @@
+"""Distillation of the baseline ε-model: progressive distillation (Salimans & Ho, ICLR 2022) and consistency
+distillation in its latent-consistency form for an ε-teacher in DDPM time (Song et al. 2023; Luo et al. 2023).
+
+Both live on the teacher's own discrete schedule (T = 1000, ᾱ_{-1} = 1 is clean data) and on nested trailing grids
+(``DiscreteSchedule.trailing_grid``: the n-step grid is every other point of the 2n-step grid), so every target is
+computed on exactly the timesteps the student later samples on.
+
+Progressive: stage n trains an n-step student to do in one DDIM step what its teacher (the baseline with 2n DDIM
+steps, then the previous student) does in two, z_t → z_t' → z_t''. The student's x-target is
+
+    x̃ = (z_t'' − (s_t''/s_t) z_t) / (a_t'' − (s_t''/s_t) a_t),    loss = max(SNR_t, 1) · ‖x̂_θ(z_t, t) − x̃‖².
+
+The student predicts v (x̂_0 = a_t z_t − s_t v̂): an ε-student cannot recover x̂_0 at t → T where a_t → 0.012. It
+starts as a copy of its teacher's weights; at low noise v ≈ ε, so the ε-teacher's weights are a near fit there and
+the first stage mostly relearns high noise. Every stage is its own zoo artifact (recipe + training record).
+
+Consistency (LCM form): f_θ(x, t) = c_skip(t) x + c_out(t) x̂_0,θ(x, t) with c_skip = σ_d²/((10t)² + σ_d²),
+c_out = 10t/√((10t)² + σ_d²), σ_d = 0.5, so f(x, 0) = x. Training pairs t_{n+1} on the grid {k−1, 2k−1, …, T−1}
+with t_n = max(t_{n+1} − k, 0); x̂_{t_n} is one teacher DDIM step; the loss is ‖f_θ(x_{t_{n+1}}, t_{n+1}) −
+f_θ⁻(x̂_{t_n}, t_n)‖² with θ⁻ an EMA (μ = 0.95) of θ. The student is v-parameterised like the progressive one, for the
+same reason. Sampling: x̂_0 = f(x_T, T), and for more steps re-noise x̂_0 to the next timestep (LCM's multistep).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.model import Denoiser, load_denoiser, save_denoiser
+from bench.sampling import DiscreteSchedule, StepInfo, noise_like
+from bench.technique import Pipeline, ReportSection, Technique
+from bench.train import Objective, register_objective
+from bench.zoo import Recipe
+
+METHODS = ("progressive", "consistency")
+STUDENT_PREDICTION = "v_prediction"
+SIGMA_DATA, TIMESTEP_SCALING = 0.5, 10.0  # LCM's boundary-condition constants for DDPM integer timesteps
+# Training budgets as fractions of the base recipe's steps, so a test's tiny base trains tiny students. At the
+# shipped 4000 steps: 1000 per progressive stage, 2000 for consistency distillation.
+STAGE_FRACTION, CONSISTENCY_FRACTION = 0.25, 0.5
+DISTILL_LR, DISTILL_EMA = 2e-4, 0.995
+
+
+class _DistillationObjective(Objective):
+    """Shared by both methods: the teacher comes from the zoo (trained first if missing); the student starts as a
+    copy of its weights with a v-output; saved and loaded as an ordinary diffusers denoiser."""
+
+    def build(self, recipe, image_shape, num_classes):
+        self.teacher = self.source(recipe.options["teacher"]).eval().requires_grad_(False)
+        self.schedule = DiscreteSchedule(self.teacher.scheduler_config)
+        return Denoiser(copy.deepcopy(self.teacher.net).requires_grad_(True), STUDENT_PREDICTION,
+                        self.teacher.scheduler_config, self.teacher.image_shape)
+
+    def save(self, model, directory):
+        return save_denoiser(model, directory)
+
+    def load(self, directory):
+        return load_denoiser(directory)
+
+
+@register_objective("progressive_distillation")
+class ProgressiveObjective(_DistillationObjective):
+    def build(self, recipe, image_shape, num_classes):
+        student = super().build(recipe, image_shape, num_classes)
+        n = int(recipe.options["student_steps"])
+        self.student_grid = torch.tensor(self.schedule.trailing_grid(n))
+        self.teacher_grid = torch.tensor(self.schedule.trailing_grid(2 * n))
+        return student
+
+    def loss(self, model, x0, labels, generator):
+        sch = self.schedule
+        i = torch.randint(0, len(self.student_grid) - 1, (x0.shape[0],), generator=generator)
+        t, t_mid, t_end = self.student_grid[i], self.teacher_grid[2 * i + 1], self.student_grid[i + 1]
+        z_t = sch.diffuse(x0, t, torch.randn(x0.shape, generator=generator))
+        with torch.no_grad():
+            target = self._teacher_two_steps(z_t, t, t_mid, t_end)
+        a, s = sch.a_s(t, x0)
+        x0_student = a * z_t - s * model(z_t, t)
+        weight = torch.clamp(a**2 / s**2, min=1.0)  # max(SNR, 1): "truncated SNR" weighting
+        return (weight * (x0_student - target) ** 2).mean()
+
+    def _teacher_two_steps(self, z_t, t, t_mid, t_end):
+        sch = self.schedule
+        x0, eps = sch.predict(self.teacher, z_t, t)
+        z_mid = sch.ddim_step(x0, eps, t_mid)
+        x0, eps = sch.predict(self.teacher, z_mid, t_mid)
+        z_end = sch.ddim_step(x0, eps, t_end)
+        a_t, s_t = sch.a_s(t, z_t)
+        a_e, s_e = sch.a_s(t_end, z_t)
+        ratio = s_e / s_t
+        return (z_end - ratio * z_t) / (a_e - ratio * a_t)
+
+
+def consistency_grid(num_train_timesteps: int, skip: int) -> list[int]:
+    """LCM's training timesteps {skip−1, 2·skip−1, …, T−1}, ascending."""
+    return [skip * i - 1 for i in range(1, num_train_timesteps // skip + 1)]
+
+
+def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) of the LCM boundary condition at integer DDPM timesteps ``t``: c_skip(0) = 1, c_out(0) = 0."""
+    scaled = TIMESTEP_SCALING * t.float()
+    c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + SIGMA_DATA**2).sqrt()
+    return c_skip, c_out
+
+
+def consistency_function(sch: DiscreteSchedule, model: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t), x̂_0 unclipped (the boundary condition needs the raw map)."""
+    x0, _ = sch.predict(model, x, t, clip=False)
+    c_skip, c_out = (c.reshape(-1, 1, 1, 1).to(x) for c in boundary_scalings(t.expand(x.shape[0])))
+    return c_skip * x + c_out * x0
+
+
+@register_objective("consistency_distillation")
+class ConsistencyObjective(_DistillationObjective):
+    def build(self, recipe, image_shape, num_classes):
+        student = super().build(recipe, image_shape, num_classes)
+        self.skip = int(recipe.options["skip"])
+        self.target_decay = float(recipe.options["target_ema"])
+        self.grid = torch.tensor(consistency_grid(self.schedule.num_train_timesteps, self.skip))
+        self.student = student
+        self.target = copy.deepcopy(student).eval().requires_grad_(False)
+        return student
+
+    def loss(self, model, x0, labels, generator):
+        sch = self.schedule
+        with torch.no_grad():  # θ⁻ ← μθ⁻ + (1−μ)θ, after the previous optimiser step
+            for p_target, p in zip(self.target.parameters(), model.parameters(), strict=True):
+                p_target.lerp_(p, 1.0 - self.target_decay)
+        t_next = self.grid[torch.randint(0, len(self.grid), (x0.shape[0],), generator=generator)]
+        t_prev = torch.clamp(t_next - self.skip, min=0)
+        x_next = sch.diffuse(x0, t_next, torch.randn(x0.shape, generator=generator))
+        with torch.no_grad():
+            x0_teacher, eps_teacher = sch.predict(self.teacher, x_next, t_next)  # the teacher's own DDIM step
+            x_prev = sch.ddim_step(x0_teacher, eps_teacher, t_prev)
+            target = consistency_function(sch, self.target, x_prev, t_prev)
+        return ((consistency_function(sch, model, x_next, t_next) - target) ** 2).mean()
+
+
+class Distillation(Technique):
+    name = "distillation"
+    description = ("Distilled students of the baseline: progressive distillation (v-students for 8/4/2/1 steps from a "
+                   "16-step DDIM teacher) and consistency distillation (LCM form, one- and few-step).")
+
+    @dataclass(frozen=True)
+    class Params:
+        method: str = "progressive"  # progressive | consistency
+        teacher_steps: int = 16  # progressive: the teacher's DDIM steps the first student halves (a power of 2)
+        skip: int = 20  # consistency: the teacher's DDIM step spans this many timesteps (LCM: 20 of 1000)
+
+    def validate(self, params: Params) -> None:
+        if params.method not in METHODS:
+            raise ValueError(f"method {params.method!r} is not one of {', '.join(METHODS)}")
+        n = params.teacher_steps
+        if n < 2 or n & (n - 1) or n > 256:
+            raise ValueError(f"teacher_steps {n} is not a power of 2 in 2..256")
+        if not 1 <= params.skip <= 100:
+            raise ValueError(f"skip {params.skip} is outside 1..100")
+
+    def validate_steps(self, params: Params, steps: int, base_schedule: dict[str, Any]) -> None:
+        if params.method == "progressive":
+            counts = student_counts(params.teacher_steps)
+            if steps not in counts:
+                raise ValueError(f"is not one of the distilled students' step counts {counts}")
+        else:
+            limit = int(base_schedule.get("num_train_timesteps", 1000)) // params.skip
+            if steps > limit:
+                raise ValueError(f"exceeds the {limit} points of the consistency grid (skip {params.skip})")
+
+    def artifacts(self, params: Params, base: Recipe | None) -> dict[str, Recipe]:
+        if base is None:
+            raise ValueError("distillation trains students of the base recipe; it cannot distil a pretrained model "
+                             "(set model.pretrained to empty)")
+        if params.method == "consistency":
+            return {"consistency": _student_recipe(base, base, "cd", CONSISTENCY_FRACTION,
+                                                   {"skip": params.skip, "target_ema": 0.95})}
+        chain, teacher = {}, base
+        for n in student_counts(params.teacher_steps):
+            teacher = _student_recipe(base, teacher, f"pd{n}", STAGE_FRACTION, {"student_steps": n})
+            chain[f"student{n}"] = teacher
+        return chain
+
+    def pipeline(self, params: Params, models: dict[str, Any], steps: int) -> Pipeline:
+        if params.method == "progressive":
+            student = models[f"student{steps}"]
+            sch = DiscreteSchedule(student.scheduler_config)
+            grid = sch.trailing_grid(steps)
+
+            def sample(gens, callback=None):
+                x = noise_like(gens, student.image_shape, next(student.parameters()).device)
+                return sch.ddim(student, x, grid, callback)
+
+            info = {"sampler": "DDIM on the student's grid", "timesteps": grid[:-1]}
+        else:
+            student = models["consistency"]
+            sch = DiscreteSchedule(student.scheduler_config)
+            timesteps = consistency_timesteps(sch.num_train_timesteps, params.skip, steps)
+
+            def sample(gens, callback=None):
+                return consistency_sample(sch, student, timesteps, gens, callback)
+
+            info = {"sampler": "consistency multistep (LCM)", "timesteps": timesteps}
+        return Pipeline(sample=sample, networks={"student": student}, info=info)
+
+    def report_sections(self, rows: Any) -> list[ReportSection]:
+        import pandas as pd
+
+        rows = rows[rows["status"] == "ok"]
+        if rows.empty:
+            return []
+        table = []
+        for _, r in rows.sort_values(["param_method", "steps"]).iterrows():
+            student = next((s for role, s in (r["artifacts"] or {}).items() if role != "model"
+                            and (role == "consistency" or role == f"student{r['steps']}")), None) or {}
+            teacher = (r["artifacts"] or {}).get("model") or {}
+            total, teacher_wall = student.get("train_total_wall_s"), teacher.get("train_wall_s")
+            table.append({"method": r["param_method"], "steps": int(r["steps"]), "FID": r["fid"],
+                          "student": student.get("recipe"),
+                          "distillation steps (all stages)": _minus(student.get("train_total_steps"),
+                                                                    teacher.get("train_steps")),
+                          "distillation wall s (all stages)": _minus(total, teacher_wall),
+                          "teacher wall s": teacher_wall})
+        text = ("Distillation moves cost into training. Each student's cost counts every stage it was distilled "
+                "through (the progressive 1-step student includes the 8-, 4- and 2-step stages); the teacher's own "
+                "training is listed beside it. Compare the FIDs with the undistilled teacher under DDIM and "
+                "DPM-Solver++ at the same NFE (step_reduction rows).")
+        return [ReportSection("distillation: training cost of each student", text, tables=[pd.DataFrame(table)])]
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 2)
+
+
+def student_counts(teacher_steps: int) -> list[int]:
+    """The progressive students' step counts: teacher_steps/2, /4, …, 1."""
+    return [teacher_steps >> k for k in range(1, int(math.log2(teacher_steps)) + 1)]
+
+
+def _student_recipe(base: Recipe, teacher: Recipe, tag: str, fraction: float, options: dict[str, Any]) -> Recipe:
+    return dataclasses.replace(base, name=f"{base.name}-{tag}", objective=(
+        "consistency_distillation" if tag == "cd" else "progressive_distillation"),
+        steps=max(1, round(base.steps * fraction)), lr=DISTILL_LR, ema_decay=DISTILL_EMA,
+        options={"teacher": teacher.to_dict(), **options})
+
+
+def consistency_timesteps(num_train_timesteps: int, skip: int, steps: int) -> list[int]:
+    """LCM's sampling timesteps: ``steps`` evenly strided points of the training grid, from T−1 down."""
+    grid = consistency_grid(num_train_timesteps, skip)[::-1]
+    return grid[::max(1, len(grid) // steps)][:steps]
+
+
+def consistency_sample(sch: DiscreteSchedule, model: Denoiser, timesteps: list[int], gens: list[torch.Generator],
+                       callback: Any = None) -> torch.Tensor:
+    """x̂_0 = f(x_t, t) at each timestep; between them re-noise x̂_0 to the next timestep with the sample's own noise."""
+    device = next(model.parameters()).device
+    x = noise_like(gens, model.image_shape, device)
+    for i, t in enumerate(timesteps):
+        x0 = consistency_function(sch, model, x, torch.tensor(t))
+        x = x0 if i == len(timesteps) - 1 else sch.diffuse(x0, timesteps[i + 1],
+                                                          noise_like(gens, model.image_shape, device))
+        if callback is not None:
+            callback(StepInfo(i, float(t), x))
+    return x

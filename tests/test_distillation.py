@@ -1,0 +1,99 @@
+"""Distillation: the targets are the method's, the chain's costs add up, students exist only for their step counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import zoo
+from bench.sampling import DiscreteSchedule, generators, noise_like
+from techniques.distillation import (
+    Distillation,
+    ProgressiveObjective,
+    boundary_scalings,
+    consistency_function,
+    consistency_timesteps,
+)
+from techniques.step_reduction import make_sampler
+from tests.conftest import TINY_CONFIG, run_cli
+
+
+@pytest.fixture(scope="module")
+def schedule(tiny_denoiser) -> DiscreteSchedule:
+    return DiscreteSchedule(tiny_denoiser.scheduler_config)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 32])
+def test_student_grid_is_every_other_point_of_the_teacher_grid(schedule, n: int) -> None:
+    teacher, student = schedule.trailing_grid(2 * n), schedule.trailing_grid(n)
+    assert teacher[::2] == student and teacher[0] == 999 and student[-1] == -1
+
+
+@torch.no_grad()
+def test_ddim_on_the_grid_reproduces_the_step_reduction_ddim_cells(tiny_denoiser, schedule) -> None:
+    ours = schedule.ddim(tiny_denoiser, noise_like(generators(range(6)), tiny_denoiser.image_shape, "cpu"),
+                         schedule.trailing_grid(4))
+    diffusers = make_sampler(tiny_denoiser, "ddim", 4)(generators(range(6)))
+    assert torch.equal(ours, diffusers)
+
+
+@torch.no_grad()
+def test_progressive_target_makes_one_student_step_land_on_the_teachers_two(tiny_base, schedule) -> None:
+    """x̃ is defined so that one DDIM step with x̂_0 = x̃ from z_t reaches the teacher's z_t'' exactly."""
+    objective = ProgressiveObjective()
+    objective.build(Distillation().artifacts(Distillation.Params(), tiny_base)["student8"], (1, 8, 8), 10)
+    n = 6
+    i = torch.arange(n) % 8
+    t, t_mid, t_end = objective.student_grid[i], objective.teacher_grid[2 * i + 1], objective.student_grid[i + 1]
+    z_t = schedule.diffuse(torch.rand(n, 1, 8, 8) * 2 - 1, t, torch.randn(n, 1, 8, 8))
+    target = objective._teacher_two_steps(z_t, t, t_mid, t_end)
+    x0, eps = schedule.predict(objective.teacher, z_t, t)
+    z_mid = schedule.ddim_step(x0, eps, t_mid)
+    x0, eps = schedule.predict(objective.teacher, z_mid, t_mid)
+    teacher_end = schedule.ddim_step(x0, eps, t_end)
+    a, s = schedule.a_s(t, z_t)
+    student_end = schedule.ddim_step(target, (z_t - a * target) / s, t_end)
+    assert torch.allclose(student_end, teacher_end, atol=1e-4)
+
+
+def test_consistency_boundary_condition_is_the_identity_at_t0(tiny_denoiser, schedule) -> None:
+    c_skip, c_out = boundary_scalings(torch.tensor([0, 1, 999]))
+    assert c_skip[0] == 1 and c_out[0] == 0 and c_skip[2] < 1e-6 and abs(c_out[2] - 1) < 1e-6
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(consistency_function(schedule, tiny_denoiser, x, torch.tensor(0)), x)
+
+
+def test_consistency_sampling_timesteps_stride_the_training_grid() -> None:
+    assert consistency_timesteps(1000, 20, 1) == [999]
+    assert consistency_timesteps(1000, 20, 2) == [999, 499]
+    assert consistency_timesteps(1000, 20, 4) == [999, 759, 519, 279]
+
+
+def test_every_stage_is_an_artifact_and_the_one_step_student_carries_the_whole_chains_cost(tiny_base) -> None:
+    chain = Distillation().artifacts(Distillation.Params(teacher_steps=16), tiny_base)
+    assert list(chain) == ["student8", "student4", "student2", "student1"]
+    one_step = zoo.ensure(chain["student1"], progress=False)
+    records = {name: zoo.find(r).record for name, r in chain.items()}
+    base = zoo.find(tiny_base).record
+    assert one_step.record["total_steps"] == base["steps"] + sum(r["steps"] for r in records.values())
+    expected_wall = base["wall_s"] + sum(r["wall_s"] for r in records.values())
+    assert one_step.record["total_wall_s"] == pytest.approx(expected_wall, abs=0.05)
+    assert [s["recipe"] for s in records["student4"]["sources"]] == [chain["student8"].name]
+    saved = json.loads((one_step.path / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["prediction_type"] == "v_prediction"
+
+
+def test_a_step_count_without_a_student_is_one_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY_CONFIG.read_text().split("[[technique]]")[0]
+                      + '[[technique]]\nname = "distillation"\nsteps = [3]\n')
+    result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / "r"), "--no-progress")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "bench: error: config: technique[0].steps 3 is not one of the distilled students' step counts "
+        "[8, 4, 2, 1] for technique 'distillation'"]
+    assert not (tmp_path / "r").exists()
