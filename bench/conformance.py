@@ -45,6 +45,7 @@ class Context:
         modes = getattr(inspect.getmodule(type(self.technique)), "MODES", ()) if "mode" in fields else ()
         candidates = [{"sampler": s} for s in SAMPLERS if "sampler" in fields and s != fields["sampler"]]
         candidates += [{"mode": m} for m in modes if m != fields["mode"]]
+        candidates += [dict(change) for change in self.technique.contract_variants]
         for change in candidates:
             params = self.technique.Params(**change)
             try:
@@ -64,6 +65,18 @@ class Context:
                 self._models[key] = load_source(source, progress=False)[0]
             out[name] = self._models[key]
         return out
+
+    def steps(self, params: Any, preferred: int) -> int:
+        """``preferred`` when the technique samples ``params`` in that many steps, else the nearest count it does
+        (distilled students exist only for their own counts; a prior alone runs one)."""
+        schedule = self.base.schedule if self.base else {}
+        for steps in sorted(range(1, 2 * preferred + 1), key=lambda n: (abs(n - preferred), n)):
+            try:
+                self.technique.validate_steps(params, steps, schedule)
+                return steps
+            except ValueError:
+                continue
+        raise ContractError(f"{params}: validate_steps() accepts no step count in 1..{2 * preferred}")
 
     def pipeline(self, params: Any, steps: int) -> Pipeline:
         pipe = self.technique.pipeline(params, self.models(params), steps)
@@ -115,8 +128,8 @@ def check_artifacts(ctx: Context) -> None:
 def check_sampling(ctx: Context) -> None:
     """Every variant samples finite images of the model's shape, calls its networks at least once per step, calls
     the step callback in order, and keeps JSON-able info and observations."""
-    steps = 4
     for params in ctx.variants():
+        steps = ctx.steps(params, 4)
         pipe = ctx.pipeline(params, steps)
         _require(bool(pipe.networks) and all(isinstance(n, torch.nn.Module) for n in pipe.networks.values()),
                  f"{params}: Pipeline.networks must name every torch module evaluated while sampling")
@@ -146,7 +159,7 @@ def check_sampling(ctx: Context) -> None:
 def check_seed_determinism(ctx: Context) -> None:
     """Image i depends only on seed i: not on the batch it is in, nor on the other seeds (ancestral noise too)."""
     for params in ctx.variants():
-        pipe = ctx.pipeline(params, 5)
+        pipe = ctx.pipeline(params, ctx.steps(params, 5))
         with torch.no_grad():
             full = pipe.sample(generators([0, 1, 2, 3]), None)
             part = pipe.sample(generators([2, 3]), None)

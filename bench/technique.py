@@ -51,6 +51,9 @@ class Technique:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    # Params changes the contract suite exercises besides the defaults, every sampler and every mode (e.g. a second
+    # method or prior the same class implements): {"method": "consistency"}.
+    contract_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     @dataclass(frozen=True)
     class Params:

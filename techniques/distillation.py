@@ -146,6 +146,7 @@ class Distillation(Technique):
     name = "distillation"
     description = ("Distilled students of the baseline: progressive distillation (v-students for 8/4/2/1 steps from a "
                    "16-step DDIM teacher) and consistency distillation (LCM form, one- and few-step).")
+    contract_variants = ({"method": "consistency"},)
 
     @dataclass(frozen=True)
     class Params:

@@ -32,7 +32,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from bench.model import load_denoiser, save_denoiser
-from bench.sampling import DiscreteSchedule, noise_like
+from bench.sampling import DiscreteSchedule, StepInfo, noise_like
 from bench.technique import Pipeline, ReportSection, Technique
 from bench.train import DiffusionObjective, Objective, register_objective
 from bench.zoo import RECORD_FILE, Recipe
@@ -217,6 +217,7 @@ class Truncation(Technique):
     name = "truncation"
     description = ("Truncated diffusion: a cheap prior gives x̂_0, diffused to T', then only the last T' reverse steps "
                    "(ES-DDPM with a VAE prior; TDPM-style implicit prior sharing the denoiser's weights).")
+    contract_variants = ({"sampler": "ddpm"}, {"t_trunc": 0}, {"prior": "tdpm", "t_trunc": 50})
 
     @dataclass(frozen=True)
     class Params:
@@ -288,7 +289,9 @@ class Truncation(Technique):
         def sample(gens, callback=None):
             device = next(denoiser.parameters()).device
             x0 = prior(noise_like(gens, latent, device)).clamp(-1, 1)
-            if not params.t_trunc:
+            if not params.t_trunc:  # the prior alone: its one evaluation is the one step
+                if callback is not None:
+                    callback(StepInfo(0, float(params.tdpm_t + 1 if params.prior == "tdpm" else 0), x0))
                 return x0
             x = sch.diffuse(x0, params.t_trunc - 1, noise_like(gens, x0.shape[1:], device))
             if params.sampler == "ddim":
