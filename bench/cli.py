@@ -132,25 +132,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from bench import config as cfg
-    from bench import recipes, registry, sweep, zoo
+    from bench import sweep, zoo
     from bench.train import train
 
     config = cfg.load(args.config)
     sweep.expand(config)  # validate before training anything
-    base = sweep.base_recipe(config)
-    needed = [recipes.classifier_recipe(config.model.dataset, config.model.resolution,
-                                         config.quality.extractor_steps)] if (
-        config.quality.extractor == "auto") else []
-    needed += [base] if base else []
-    for entry in config.technique:
-        technique = registry.get(entry.name)
-        for combo in sweep.expand_params(technique, entry):
-            needed += list(technique.artifacts(combo, base).values())
-    seen = set()
-    for recipe in needed:
-        if recipe.key in seen:
-            continue
-        seen.add(recipe.key)
+    for recipe in sweep.needed_artifacts(config):
         found = zoo.find(recipe, zoo.search_roots(args.out))
         if found and not args.force:
             print(f"{recipe.name} ({recipe.key}): up to date at {found.path}")

@@ -51,6 +51,20 @@ def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe | None:
     return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps)
 
 
+def needed_artifacts(config: cfg.SweepConfig) -> list[recipes.Recipe]:
+    """Every zoo artifact a sweep of ``config`` uses, each once, in training order (the FID classifier, the base
+    model, then each technique's artifacts as it declares them: teachers before their students)."""
+    base = base_recipe(config)
+    needed = [recipes.classifier_recipe(config.model.dataset, config.model.resolution,
+                                        config.quality.extractor_steps)] if config.quality.extractor == "auto" else []
+    needed += [base] if base else []
+    for entry in config.technique:
+        technique = registry.get(entry.name)
+        for params in expand_params(technique, entry):
+            needed += list(technique.artifacts(params, base).values())
+    return list({recipe.key: recipe for recipe in needed}.values())
+
+
 def technique_params(technique: registry.Technique, values: dict[str, Any], where: str) -> Any:
     """The technique's Params from config values, or a one-line error naming the bad key."""
     fields = technique.param_fields()

@@ -3,15 +3,12 @@
 import json
 
 from bench import config as cfg
-from bench import recipes, sweep, zoo
+from bench import sweep, zoo
 from tests.conftest import run_cli
 
 
 def test_default_sweep_artifacts_are_shipped_and_intact() -> None:
-    config = cfg.load()
-    needed = [sweep.base_recipe(config), recipes.classifier_recipe(config.model.dataset, config.model.resolution,
-                                                                   config.quality.extractor_steps)]
-    for recipe in needed:
+    for recipe in sweep.needed_artifacts(cfg.load()):
         artifact = zoo.find(recipe, [zoo.SHIPPED_ZOO])
         assert artifact is not None, f"{recipe.name} ({recipe.key}) is not in {zoo.SHIPPED_ZOO}"
         zoo.require_recipe_match(artifact)
@@ -25,5 +22,7 @@ def test_bench_train_finds_the_default_artifacts_up_to_date() -> None:
     result = run_cli("train", "--no-progress")
     assert result.returncode == 0, result.stderr
     shipped = [d for d in zoo.SHIPPED_ZOO.iterdir() if (d / zoo.RECORD_FILE).exists()]
-    assert len(shipped) == 4  # the FID classifier, the baseline ε-model, the dual-output network, the ODE U-Net
+    # the FID classifier, the baseline ε-model, the dual-output network, the ODE U-Net, the VAE and TDPM priors, four
+    # progressive students and the consistency student
+    assert len(shipped) == 11
     assert result.stdout.count("up to date") == len(shipped) and "trained" not in result.stdout
