@@ -97,3 +97,14 @@ def test_a_step_count_without_a_student_is_one_config_error(tmp_path: Path) -> N
         "bench: error: config: technique[0].steps 3 is not one of the distilled students' step counts "
         "[8, 4, 2, 1] for technique 'distillation'"]
     assert not (tmp_path / "r").exists()
+
+
+def test_report_shows_each_students_distillation_cost_without_the_teachers(tiny_sweep) -> None:
+    root, df, _ = tiny_sweep
+    row = df[df["technique"] == "distillation"].iloc[0]
+    student, teacher = row["artifacts"]["student2"], row["artifacts"]["model"]
+    distill_wall = round(student["train_total_wall_s"] - teacher["train_wall_s"], 2)
+    section = Distillation().report_sections(df[df["technique"] == "distillation"])[0].tables[0]
+    assert section.iloc[0]["distillation wall s (all stages)"] == distill_wall > 0
+    html = (root / "report.html").read_text()
+    assert "distillation: training cost of each student" in html and "total wall s (with sources)" in html

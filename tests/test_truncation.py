@@ -78,3 +78,10 @@ def test_impossible_truncations_are_one_config_error(tmp_path: Path, params: str
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_report_has_the_truncation_section_with_its_figure(tiny_sweep) -> None:
+    root, _, _ = tiny_sweep
+    html = (root / "report.html").read_text()
+    start = html.index("truncation: FID against T")
+    assert "<svg" in html[start:start + 200_000] and "prior train wall s" in html[start:]
