@@ -32,6 +32,10 @@ class Objective:
     (a frozen teacher, a discriminator with its own optimiser, extra curves for the training record).
     """
 
+    def __init__(self) -> None:
+        self.out: Path | None = None  # the zoo ``train`` writes to: sources are looked up and trained there too
+        self.sources: list[zoo.Artifact] = []  # what ``source`` loaded; their cost counts into the total
+
     def build(self, recipe: zoo.Recipe, image_shape: tuple[int, int, int], num_classes: int | None) -> nn.Module:
         raise NotImplementedError
 
@@ -55,8 +59,8 @@ class Objective:
         """A trained model this training starts from or learns from (a teacher, a warm start), trained first when
         no zoo has it; its training cost counts into this artifact's total."""
         recipe = recipe if isinstance(recipe, zoo.Recipe) else zoo.Recipe.from_dict(recipe)
-        model, artifact = load_artifact(recipe, progress=progress, out=getattr(self, "out", None))
-        self.sources = [*getattr(self, "sources", []), artifact]
+        model, artifact = load_artifact(recipe, progress=progress, out=self.out)
+        self.sources.append(artifact)
         return model
 
 
@@ -134,7 +138,7 @@ class ClassifierObjective(Objective):
 def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
     """Train ``recipe`` and write its artifact (weights, recipe, training record) atomically under ``out``."""
     objective = OBJECTIVES[recipe.objective]()
-    objective.out = out  # where artifacts it trains from (a teacher chain) are looked up and trained
+    objective.out = out
     images = data.load(recipe.dataset, "train", recipe.resolution)
     x_all = images.images.float() / 127.5 - 1.0
     torch.manual_seed(recipe.seed)
@@ -210,7 +214,7 @@ def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: lis
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": provenance("cpu"),
         "command": "python -m bench train",
-        **_source_costs(recipe.steps, wall, getattr(objective, "sources", [])),
+        **_source_costs(recipe.steps, wall, objective.sources),
         **objective.record(),
     }
     (tmp / zoo.RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, sort_keys=True))

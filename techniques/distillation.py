@@ -123,7 +123,6 @@ class ConsistencyObjective(_DistillationObjective):
         self.skip = int(recipe.options["skip"])
         self.target_decay = float(recipe.options["target_ema"])
         self.grid = torch.tensor(consistency_grid(self.schedule.num_train_timesteps, self.skip))
-        self.student = student
         self.target = copy.deepcopy(student).eval().requires_grad_(False)
         return student
 
@@ -178,11 +177,12 @@ class Distillation(Technique):
             raise ValueError("distillation trains students of the base recipe; it cannot distil a pretrained model "
                              "(set model.pretrained to empty)")
         if params.method == "consistency":
-            return {"consistency": _student_recipe(base, base, "cd", CONSISTENCY_FRACTION,
+            return {"consistency": _student_recipe(base, base, "cd", "consistency_distillation", CONSISTENCY_FRACTION,
                                                    {"skip": params.skip, "target_ema": 0.95})}
         chain, teacher = {}, base
         for n in student_counts(params.teacher_steps):
-            teacher = _student_recipe(base, teacher, f"pd{n}", STAGE_FRACTION, {"student_steps": n})
+            teacher = _student_recipe(base, teacher, f"pd{n}", "progressive_distillation", STAGE_FRACTION,
+                                      {"student_steps": n})
             chain[f"student{n}"] = teacher
         return chain
 
@@ -216,9 +216,9 @@ class Distillation(Technique):
             return []
         table = []
         for _, r in rows.sort_values(["param_method", "steps"]).iterrows():
-            student = next((s for role, s in (r["artifacts"] or {}).items() if role != "model"
-                            and (role == "consistency" or role == f"student{r['steps']}")), None) or {}
-            teacher = (r["artifacts"] or {}).get("model") or {}
+            arts = r["artifacts"] or {}
+            student = arts.get("consistency") or arts.get(f"student{r['steps']}") or {}
+            teacher = arts.get("model") or {}
             total, teacher_wall = student.get("train_total_wall_s"), teacher.get("train_wall_s")
             table.append({"method": r["param_method"], "steps": int(r["steps"]), "FID": r["fid"],
                           "student": student.get("recipe"),
@@ -242,11 +242,11 @@ def student_counts(teacher_steps: int) -> list[int]:
     return [teacher_steps >> k for k in range(1, int(math.log2(teacher_steps)) + 1)]
 
 
-def _student_recipe(base: Recipe, teacher: Recipe, tag: str, fraction: float, options: dict[str, Any]) -> Recipe:
-    return dataclasses.replace(base, name=f"{base.name}-{tag}", objective=(
-        "consistency_distillation" if tag == "cd" else "progressive_distillation"),
-        steps=max(1, round(base.steps * fraction)), lr=DISTILL_LR, ema_decay=DISTILL_EMA,
-        options={"teacher": teacher.to_dict(), **options})
+def _student_recipe(base: Recipe, teacher: Recipe, tag: str, objective: str, fraction: float,
+                    options: dict[str, Any]) -> Recipe:
+    return dataclasses.replace(base, name=f"{base.name}-{tag}", objective=objective,
+                               steps=max(1, round(base.steps * fraction)), lr=DISTILL_LR, ema_decay=DISTILL_EMA,
+                               options={"teacher": teacher.to_dict(), **options})
 
 
 def consistency_timesteps(num_train_timesteps: int, skip: int, steps: int) -> list[int]:

@@ -113,7 +113,7 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
-def tdpm_generate(sch: DiscreteSchedule, model: nn.Module, z: torch.Tensor, t_trunc: int) -> torch.Tensor:
+def tdpm_generate(model: nn.Module, z: torch.Tensor, t_trunc: int) -> torch.Tensor:
     """The implicit prior: the shared network at timestep T'+1 (index T') on pure noise, its output read as x̂_0."""
     return model(z, torch.full((z.shape[0],), t_trunc, device=z.device))
 
@@ -150,7 +150,7 @@ class TDPMObjective(DiffusionObjective):
         denoise = F.mse_loss(model(sch.diffuse(x0, t, noise), t), noise)
         # discriminator step against the current generator
         t_end = torch.full((n,), self.t_trunc - 1)
-        fake_x0 = tdpm_generate(sch, model, torch.randn(x0.shape, generator=generator), self.t_trunc)
+        fake_x0 = tdpm_generate(model, torch.randn(x0.shape, generator=generator), self.t_trunc)
         fake = sch.diffuse(fake_x0, t_end, torch.randn(x0.shape, generator=generator))
         real = sch.diffuse(x0, t_end, torch.randn(x0.shape, generator=generator)).requires_grad_(True)
         self.disc.requires_grad_(True)
@@ -189,7 +189,7 @@ class TDPMObjective(DiffusionObjective):
         was_training = model.training
         model.eval()
         z = noise_like(generators(PRIOR_EVAL_SEEDS), model.image_shape, "cpu")
-        images = tdpm_generate(self.schedule, model, z, self.t_trunc)
+        images = tdpm_generate(model, z, self.t_trunc)
         model.train(was_training)
         uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return round(float(quality.compute(uint8, ref, extractor, bootstrap=0)["fid"]), 3)
@@ -278,10 +278,9 @@ class Truncation(Technique):
             trained = denoiser.gan_record or {}
             networks = {"tdpm": denoiser}  # one network: prior and denoiser calls both count
             latent = tuple(denoiser.image_shape)
-            sch_g = DiscreteSchedule(denoiser.scheduler_config)
 
             def prior(z):
-                return tdpm_generate(sch_g, denoiser, z, params.tdpm_t)
+                return tdpm_generate(denoiser, z, params.tdpm_t)
 
             info = {"prior": f"TDPM implicit prior (shared network at t = {params.tdpm_t + 1})",
                     "gan_converged": trained.get("gan_converged"), "gan_training": trained}

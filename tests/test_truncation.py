@@ -85,3 +85,23 @@ def test_report_has_the_truncation_section_with_its_figure(tiny_sweep) -> None:
     html = (root / "report.html").read_text()
     start = html.index("truncation: FID against T")
     assert "<svg" in html[start:start + 200_000] and "prior train wall s" in html[start:]
+
+
+@torch.no_grad()
+def test_ancestral_chain_on_a_custom_grid_matches_diffusers_ddpm(tiny_denoiser) -> None:
+    """The truncated ancestral chain is diffusers' DDPM posterior step (β̃ variance, clipped x̂_0) on the same
+    timesteps with the same per-sample noise."""
+    from diffusers import DDPMScheduler
+
+    from bench.sampling import DiscreteSchedule
+
+    sch = DiscreteSchedule(tiny_denoiser.scheduler_config)
+    grid = sch.trailing_grid(3, start=50)
+    x = noise_like(generators(range(4)), tiny_denoiser.image_shape, "cpu")
+    ours = sch.ancestral(tiny_denoiser, x.clone(), grid, generators(range(10, 14)))
+    reference = DDPMScheduler.from_config(tiny_denoiser.scheduler_config)
+    reference.set_timesteps(timesteps=grid[:-1])
+    gens, y = generators(range(10, 14)), x.clone()
+    for t in reference.timesteps:
+        y = reference.step(tiny_denoiser(y, t), t, y, generator=gens).prev_sample
+    assert torch.allclose(ours, y, atol=1e-5)
