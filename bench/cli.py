@@ -56,9 +56,34 @@ def _parser() -> argparse.ArgumentParser:
                         help="stores, or folders of stores, to merge (default: results)")
     report.add_argument("--out", type=Path, default=Path("reports/report.html"), help="HTML file to write")
     report.add_argument("--title", help="page title (default: names the stores)")
+    report.add_argument("--reference", default="step_reduction sampler=ddim",
+                        help="series the Δ columns and ▲/▼ markers compare against: 'TECHNIQUE [param=value ...]' "
+                             "(default: %(default)s)")
     report.add_argument("--pool-hardware", action="store_true",
                         help="one front across all hardware groups (default: a front per device/dtype/threads/"
                              "batch/compile group)")
+
+    compare = sub.add_parser(
+        "compare", help="paired verdicts between two cells, or between every matching cell of two stores",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Two cells (spec hashes, or their first 6+ characters, from the stores in --results): B − A on "
+                    "FID, KID, precision and recall over the seeds both generated, with a paired-bootstrap 95%% "
+                    "interval (the same seed draws and reference draws for both cells) and a verdict for B "
+                    "(better / worse / undecided), plus B's latency ratio over A.\n\nTwo stores (A and B are "
+                    "folders: two machines, commits or configs): the same for every cell in both (matched on "
+                    "technique, params, steps and quality settings; hardware may differ), the latency ratio with a "
+                    "95%% interval from a bootstrap of each store's raw batch times (median of B / median of A).",
+        epilog="exit status: 0; 1 when --fail-on finds a decided change beyond a threshold; 2 on bad input\n"
+               "example: python -m bench compare results/main results/branch --fail-on slower:5%%,fid:+1")
+    compare.add_argument("a", help="reference: a cell id, or a results store folder")
+    compare.add_argument("b", help="candidate: a cell id, or a results store folder")
+    compare.add_argument("--results", type=Path, nargs="+", default=[Path("results")],
+                         help="stores to find cell ids in (default: results)")
+    compare.add_argument("--fail-on", default="", metavar="THRESHOLDS",
+                         help="comma-separated: slower:N%% (B's time ratio decided above 1+N%%), fid:+X, kid:+X, "
+                              "precision:-X, recall:-X (B decided worse by more than X)")
+    compare.add_argument("--html", type=Path, help="also write the table as an HTML file")
+    compare.add_argument("--draws", type=int, default=500, help="bootstrap draws (default 500)")
 
     sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions")
 
@@ -151,9 +176,56 @@ def _report(args: argparse.Namespace) -> int:
     from bench import report
 
     start = time.perf_counter()
-    out = report.write(args.results, args.out, args.title, args.pool_hardware)
+    report.parse_series(args.reference)  # a malformed series: one line before any work
+    out = report.write(args.results, args.out, args.title, args.pool_hardware, args.reference)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bench import compare, report
+
+    if args.draws < 2:
+        raise UserError("--draws must be at least 2")
+    thresholds = compare.parse_thresholds(args.fail_on)
+    comparer = compare.Comparer(draws=args.draws)
+    a_dir, b_dir = Path(args.a), Path(args.b)
+    if a_dir.is_dir() and b_dir.is_dir():
+        df_a, df_b = report.load_stores([a_dir]), report.load_stores([b_dir])
+        for path, df in ((a_dir, df_a), (b_dir, df_b)):
+            if df.empty:
+                raise UserError(f"results store {path} holds no records")
+        table = compare.compare_stores(df_a, df_b, comparer)
+        title = f"bench compare {a_dir} → {b_dir}"
+    elif a_dir.is_dir() or b_dir.is_dir():
+        raise UserError("give two cell ids or two store folders, not one of each")
+    else:
+        df = report.load_stores(args.results)
+        table = pd_frame([compare.compare_cells(compare.find_cell(df, args.a), compare.find_cell(df, args.b),
+                                                comparer)])
+        title = f"bench compare {args.a} → {args.b}"
+    print(f"{title}: {len(table)} matched cell(s); B − A, paired 95% intervals, verdicts for B\n")
+    print(compare.text_table(table))
+    notes = table["quality_note"].dropna().unique() if "quality_note" in table else []
+    for note in notes:
+        print(f"note: quality not compared where {note}")
+    failures = compare.check_thresholds(table, thresholds)
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(compare.html_table(table, title, failures), encoding="utf-8")
+        print(f"\nwrote {args.html}")
+    if failures:
+        print(f"\n{len(failures)} threshold(s) exceeded:\n  " + "\n  ".join(failures))
+        return EXIT_CELLS_FAILED
+    if thresholds:
+        print(f"\nno decided change beyond {', '.join(t.describe() for t in thresholds)}")
+    return 0
+
+
+def pd_frame(rows: list[dict]) -> object:
+    import pandas as pd
+
+    return pd.DataFrame(rows)
 
 
 def _techniques(args: argparse.Namespace) -> int:
@@ -207,5 +279,5 @@ def _derive_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "techniques": _techniques,
+_COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "compare": _compare, "techniques": _techniques,
              "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist}

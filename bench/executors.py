@@ -23,7 +23,7 @@ from bench.sweep import Cell
 
 EXECUTORS = cfg.EXECUTORS
 Prior = list[tuple[Cell, dict[str, Any]]]  # stored records a worker may reuse quality from
-SAMPLE_BYTES = "_sample_grid_png"  # a worker's sample grid, carried back to the driver inside its record
+FILES = "_files"  # {path relative to the store: bytes}: a record's files (sample grid, features) carried with it
 Claim = Callable[[Cell], bool]  # called just before a cell starts: False when another sweep has it or stored it
 
 
@@ -44,7 +44,8 @@ def run_cell(runner: Any, cell: Cell) -> dict[str, Any]:
 
 def _worker_record(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict[str, Any]:
     """What a fresh worker (process or Ray task, possibly on another node) computes for one cell. It writes nothing
-    to the store: its sample grid travels back in the record (``SAMPLE_BYTES``) for the driver to save."""
+    to the store: its files travel back in the record (``FILES``) for the driver to save; the stored files of the
+    records it may reuse or extend came with them the same way."""
     from bench.runner import CellRunner
 
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as scratch:
@@ -52,12 +53,22 @@ def _worker_record(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict[st
         scratch_store.prepare()
         runner = CellRunner(config, scratch_store, progress=False)
         for source_cell, record in prior:
+            record = dict(record)
+            for relative, data in record.pop(FILES, {}).items():
+                scratch_store.save_file(relative, data)
             runner.remember(source_cell, record)
         record = run_cell(runner, cell)
-        grid = Path(scratch) / record["sample_grid"] if record.get("sample_grid") else None
-        if grid is not None and grid.exists():
-            record[SAMPLE_BYTES] = grid.read_bytes()
+        files = {rel: (Path(scratch) / rel).read_bytes() for rel in record_files(record)
+                 if (Path(scratch) / rel).is_file()}
+        if files:
+            record[FILES] = files
     return record
+
+
+def record_files(record: dict[str, Any]) -> list[str]:
+    """The store-relative files a record names: its sample grid and its features."""
+    features = record.get("features") or {}
+    return [p for p in (record.get("sample_grid"), *(e.get("file") for e in features.values() if e)) if p]
 
 
 def _failure(config: cfg.SweepConfig, cell: Cell, error: str) -> dict[str, Any]:
@@ -91,13 +102,26 @@ class _Workers:
     def __init__(self, config: cfg.SweepConfig) -> None:
         self.config = config
         self.prior: dict[str, tuple[Cell, dict[str, Any]]] = {}
+        self.partial: dict[str, tuple[Cell, dict[str, Any]]] = {}
 
     def remember(self, cell: Cell, record: dict[str, Any]) -> None:
         if record.get("status") == "ok" and not (record.get("metrics") or {}).get("quality_reused_from"):
             self.prior.setdefault(cell.quality_key, (cell, record))
+            best = self.partial.get(cell.extension_key)
+            if (record.get("features") or {}).get("generated") and (
+                    best is None or best[0].spec["n_samples"] < cell.spec["n_samples"]):
+                self.partial[cell.extension_key] = (cell, record)
 
     def prior_for(self, cell: Cell) -> Prior:
-        return [self.prior[cell.quality_key]] if cell.quality_key in self.prior else []
+        """The stored records a fresh worker may reuse (same images) or extend (fewer seeds), with their files."""
+        found = [self.prior[cell.quality_key]] if cell.quality_key in self.prior else []
+        partial = self.partial.get(cell.extension_key)
+        if not found and partial and partial[0].spec["n_samples"] < cell.spec["n_samples"]:
+            source, record = partial
+            root = Path(self.config.store_path)
+            found.append((source, {**record, FILES: {rel: (root / rel).read_bytes() for rel in record_files(record)
+                                                     if (root / rel).is_file()}}))
+        return found
 
 
 def _process_main(config: cfg.SweepConfig, cell: Cell, prior: Prior, conn: Any) -> None:

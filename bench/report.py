@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ COST_AXES = {
 # quality column → (axis label, CI low, CI high, symmetric error column)
 QUALITY_AXES = {
     "fid": ("FID (lower is better)", "fid_ci_low", "fid_ci_high", None),
-    "kid": ("KID (lower is better)", None, None, "kid_std"),
+    "kid": ("KID, feature units² (poly kernel; lower is better)", None, None, "kid_std"),
 }
 SMALL_N = 10_000  # FID is biased upward and noisy well below this many generated images
 SAMPLE_SEEDS_PER_GRID = 16  # Store.save_samples keeps the first 16 images: seeds seed..seed+15 of every cell
@@ -54,19 +54,42 @@ def load_stores(paths: Sequence[Path | str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
-    return df.sort_values("written_at", kind="stable").drop_duplicates("spec_hash", keep="last").reset_index(
-        drop=True)
+    df = df.sort_values("written_at", kind="stable").drop_duplicates("spec_hash", keep="last")
+    return drop_superseded(df).reset_index(drop=True)
+
+
+def drop_superseded(df: pd.DataFrame) -> pd.DataFrame:
+    """Without the ok cells that another ok cell of the same images extends to more seeds (a study whose N grew):
+    the larger N says everything the smaller one did. ``df.attrs['superseded']`` counts what was dropped."""
+    if df.empty or "spec_hash" not in df or "status" not in df:
+        return df
+    from bench.compare import match_key
+
+    keys = df.apply(lambda r: match_key(r, ("threads", "batch")), axis=1)
+    n = pd.to_numeric(df.get("n_samples", pd.Series(index=df.index, dtype=float)), errors="coerce")
+    ok = df["status"] == "ok"
+    largest = n[ok].groupby(keys[ok]).max()
+    superseded = ok & (n < keys.map(largest).fillna(-1))
+    out = df[~superseded].copy()
+    out.attrs["superseded"] = int(superseded.sum())
+    return out
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
 
 
-def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str] | None = None) -> pd.DataFrame:
+def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str] | None = None,
+                 better: Callable[[Any, Any], bool] | None = None) -> pd.DataFrame:
     """``df`` with a boolean ``on_front`` column: no other row in its group is at most as costly and at most as bad
-    (lower is better on both axes) while strictly better on one. Rows missing either value are never on the front."""
+    (lower is better on both axes) while strictly better on one. Rows missing either value are never on the front.
+
+    With ``better(q, p)`` (row index q is *decidedly* better than row index p on quality, e.g. by a paired
+    interval), a row leaves the front only when a row at most as costly is decidedly better: undecided differences
+    never dominate. ``on_point_front`` keeps the point-estimate front either way."""
     out = df.copy()
     out["on_front"] = False
+    out["on_point_front"] = False
     valid = out[cost].notna() & out[quality].notna()
     groups = out[valid].groupby(by, dropna=False) if by else [(None, out[valid])]
     for _, group in groups:
@@ -74,9 +97,94 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str
         best = float("inf")
         for idx, row in ordered.iterrows():
             if row[quality] < best:
-                out.loc[idx, "on_front"] = True
+                out.loc[idx, "on_point_front"] = True
                 best = row[quality]
+        if better is None:
+            out.loc[out.index.isin(ordered.index), "on_front"] = out.loc[ordered.index, "on_point_front"]
+            continue
+        for p, row in ordered.iterrows():
+            cheaper = ordered[(ordered[cost] <= row[cost]) & (ordered.index != p)]
+            out.loc[p, "on_front"] = not any(better(q, p) for q in cheaper.index)
     return out
+
+
+# -- verdicts against a reference series ------------------------------------------------------------------------------
+DEFAULT_REFERENCE = "step_reduction sampler=ddim"
+
+
+def parse_series(text: str) -> tuple[str, dict[str, str]]:
+    """``"step_reduction sampler=ddim"`` → ("step_reduction", {"sampler": "ddim"})."""
+    words = text.split()
+    if not words or any("=" not in w for w in words[1:]):
+        raise UserError(f"reference series {text!r} is not 'TECHNIQUE [param=value ...]'")
+    return words[0], dict(w.split("=", 1) for w in words[1:])
+
+
+def in_series(df: pd.DataFrame, series: str) -> pd.Series:
+    """Which rows belong to the series ``TECHNIQUE [param=value ...]``."""
+    technique, params = parse_series(series)
+    mask = df["technique"] == technique
+    for key, value in params.items():
+        col = f"param_{key}"
+        mask &= df[col].astype(str).eq(value) if col in df else False
+    return mask
+
+
+class Verdicts:
+    """Paired verdicts for a report: every cell against the reference series at equal NFE on the same hardware, and
+    decided dominance for the fronts. One :class:`bench.compare.Comparer` (its on-disk cache included) serves all."""
+
+    def __init__(self, ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> None:
+        from bench.compare import Comparer, comparable
+
+        self.ok, self.reference = ok, reference
+        self.comparer, self._comparable = Comparer(), comparable
+        self._pairs: dict[tuple[Any, Any], dict[str, Any] | None] = {}
+        self.in_reference = in_series(ok, reference) if not ok.empty else pd.Series(dtype=bool)
+
+    def pair(self, ref_idx: Any, cand_idx: Any) -> dict[str, Any] | None:
+        """Δ = candidate − reference (stats.Difference per metric), or None where the cells cannot be paired."""
+        key = (ref_idx, cand_idx)
+        if key not in self._pairs:
+            a, b = self.ok.loc[ref_idx], self.ok.loc[cand_idx]
+            self._pairs[key] = None if self._comparable(a, b) else self.comparer.compare(a, b)
+        return self._pairs[key]
+
+    def better(self, q: Any, p: Any, quality: str = "fid") -> bool:
+        d = self.pair(p, q)
+        if d is None:  # no features to pair: a point comparison, as before features were stored
+            return bool(self.ok.loc[q, quality] < self.ok.loc[p, quality])
+        return d[quality].verdict == "better"
+
+    def reference_pairs(self) -> list[tuple[Any, Any]]:
+        """(reference row, row) for every row outside the reference series that has a reference cell at its NFE on
+        its hardware: the headline comparisons."""
+        if self.ok.empty:
+            return []
+        hw = hardware_labels(self.ok)
+        refs = self.ok[self.in_reference]
+        pairs = []
+        for idx, row in self.ok[~self.in_reference].iterrows():
+            match = refs[(refs["nfe"] == row["nfe"]) & (hw[refs.index] == hw[idx])]
+            if not match.empty:
+                pairs.append((match.index[0], idx))
+        return pairs
+
+    def against_reference(self) -> pd.DataFrame:
+        """Per ok row (same index): the reference cell at its NFE and hardware, and Δ with interval and verdict for
+        each metric (NaN where there is no reference cell at that NFE or nothing to pair)."""
+        cols = ["ref_cell"] + [f"{m}_{p}" for m in ("fid", "kid", "precision", "recall")
+                               for p in ("ref", "delta", "low", "high", "verdict")]
+        out = pd.DataFrame(index=self.ok.index, columns=cols, dtype=object)
+        for ref_idx, idx in self.reference_pairs():
+            d = self.pair(ref_idx, idx)
+            if d is None:
+                continue
+            out.loc[idx, "ref_cell"] = self.ok.loc[ref_idx, "spec_hash"]
+            for metric, diff in d.items():
+                out.loc[idx, [f"{metric}_ref", f"{metric}_delta", f"{metric}_low", f"{metric}_high",
+                              f"{metric}_verdict"]] = [diff.b, diff.delta, diff.low, diff.high, diff.verdict]
+        return out
 
 
 def hardware_labels(df: pd.DataFrame) -> pd.Series:
@@ -158,7 +266,11 @@ def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
                          "upward at small N, so compare rows only at equal N; the intervals are bootstrap 95% "
                          "intervals over the generated images.")
         if len(ns) > 1:
-            notes.append("Rows differ in N generated: their FIDs are not directly comparable.")
+            notes.append("Rows differ in N generated: their FIDs are not directly comparable (the paired Δ columns "
+                         "compare two cells over the seeds both generated).")
+    if df.attrs.get("superseded"):
+        notes.append(f"{df.attrs['superseded']} cell(s) stored at a smaller N are not shown: the same cells extended "
+                     "to more seeds are.")
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
     for status, rows in bad.groupby("status"):
         notes.append(f"{len(rows)} cell(s) {status}: " + "; ".join(
@@ -230,17 +342,42 @@ def _pyplot() -> Any:
     return plt
 
 
-def _palette(labels: Iterable[str]) -> dict[str, Any]:
-    plt = _pyplot()
-    labels = sorted(set(labels))
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+# one colour family per technique, one marker per parameter setting within it
+_FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys", "YlOrBr", "PuRd", "BuGn", "GnBu")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
+OUTLIER_FACTOR = 8.0  # a cell costing more than this × the 90th percentile is listed, not plotted (its axis)
 
 
-def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, Any], title: str) -> Any:
-    """One panel per cost axis: every cell as a point (colour = series, number = steps), error bars where an
-    interval exists, the Pareto front of this hardware group joined and ringed."""
+def _palette(labels: Iterable[str]) -> dict[str, tuple[Any, str]]:
+    """Series label → (colour, marker): the technique (the label's first word) picks the colour family, the
+    series' rank within its technique the shade and the marker, so 17 series stay tellable apart."""
     plt = _pyplot()
+    by_technique: dict[str, list[str]] = {}
+    for label in sorted(set(labels)):
+        by_technique.setdefault(label.split(" ", 1)[0], []).append(label)
+    out = {}
+    for t, (_, members) in enumerate(sorted(by_technique.items())):
+        cmap = plt.get_cmap(_FAMILIES[t % len(_FAMILIES)])
+        for i, label in enumerate(members):
+            shade = 0.9 if len(members) == 1 else 0.95 - 0.5 * i / (len(members) - 1)
+            out[label] = (cmap(shade), _MARKERS[i % len(_MARKERS)])
+    return out
+
+
+def _outliers(values: pd.Series) -> pd.Series:
+    """Costs so far above the rest that plotting them would squash every other point into a corner."""
+    if len(values) < 4:
+        return pd.Series(False, index=values.index)
+    return values > OUTLIER_FACTOR * values.quantile(0.9)
+
+
+def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, tuple[Any, str]], title: str,
+                 verdicts: Verdicts | None = None, against: pd.DataFrame | None = None) -> Any:
+    """One panel per cost axis: every cell as a point (colour family = technique, marker = parameters, number =
+    steps), error bars where an interval exists, ▲/▼ where the cell is decidedly better/worse than the reference
+    series at equal NFE, the decided Pareto front ringed and the point-estimate front joined."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     _plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -251,30 +388,46 @@ def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, Any], tit
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
     flat = list(axes.ravel())
     label_q, lo_col, hi_col, sd_col = QUALITY_AXES[quality]
+    better = (lambda q, p: verdicts.better(q, p, quality)) if verdicts is not None else None
     for ax, cost in zip(flat, axes_cols, strict=False):
         plotted = group[group[cost] > 0]  # log axes: a zero cost (an energy below the meter's resolution) can't show
+        notes = []
         if len(plotted) < len(group[group[cost].notna()]):
-            ax.text(0.98, 0.98, f"{len(group[group[cost].notna()]) - len(plotted)} cell(s) at zero not shown",
-                    transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#a40")
-        marked = pareto_front(plotted, cost, quality)
+            notes.append(f"{len(group[group[cost].notna()]) - len(plotted)} cell(s) at zero not shown")
+        far = _outliers(plotted[cost])
+        for _, r in plotted[far].iterrows():
+            notes.append(f"off scale: {r['series']} {r['steps']} steps ({r[cost] * COST_AXES[cost][1]:.3g}, "
+                         f"{quality.upper()} {r[quality]:.3g})")
+        plotted = plotted[~far]
+        if notes:
+            ax.text(0.98, 0.98, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=6.5,
+                    color="#a40")
+        marked = pareto_front(plotted, cost, quality, better=better)
         scale = COST_AXES[cost][1]
         marked["_x"] = marked[cost] * scale
         for label, rows in marked.groupby("series"):
             rows = rows.sort_values(cost)
-            color = palette[label]
+            color, marker = palette[label]
             yerr = None
             if lo_col and rows[lo_col].notna().all():
                 yerr = [(rows[quality] - rows[lo_col]).clip(lower=0), (rows[hi_col] - rows[quality]).clip(lower=0)]
             elif sd_col and sd_col in rows and rows[sd_col].notna().all():
                 yerr = rows[sd_col]
-            ax.errorbar(rows["_x"], rows[quality], yerr=yerr, color=color, marker="o", ms=4, lw=1, alpha=0.85,
-                        elinewidth=0.8, capsize=2, label=label)
-            for _, r in rows.iterrows():
+            ax.errorbar(rows["_x"], rows[quality], yerr=yerr, color=color, marker=marker, ms=4.5, lw=1, alpha=0.9,
+                        elinewidth=0.7, capsize=2, label=label, mec="#333", mew=0.3)
+            for idx, r in rows.iterrows():
                 ax.annotate(str(r["steps"]), (r["_x"], r[quality]), fontsize=6.5, color=color, xytext=(3, 2),
                             textcoords="offset points")
-        front = marked[marked["on_front"]].sort_values(cost)
-        ax.step(front["_x"], front[quality], where="post", color="black", lw=1.6, alpha=0.55, zorder=0)
-        ax.scatter(front["_x"], front[quality], s=70, facecolors="none", edgecolors="black", lw=1.2, zorder=3)
+                verdict = against.loc[idx, f"{quality}_verdict"] if against is not None and idx in against.index \
+                    else None
+                if verdict in ("better", "worse"):
+                    ax.annotate("▲" if verdict == "better" else "▼", (r["_x"], r[quality]), fontsize=7,
+                                color="#1a7f1a" if verdict == "better" else "#c0261a", xytext=(-10, -3),
+                                textcoords="offset points", fontweight="bold")
+        line = marked[marked["on_point_front"]].sort_values(cost)
+        ax.step(line["_x"], line[quality], where="post", color="black", lw=1.4, alpha=0.45, zorder=0)
+        front = marked[marked["on_front"]]
+        ax.scatter(front["_x"], front[quality], s=70, facecolors="none", edgecolors="black", lw=1.1, zorder=3)
         if cost != "peak_rss_mib":  # memory spans a few percent: a log axis would only crowd its labels
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(_plain)
@@ -291,11 +444,16 @@ def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, Any], tit
     legend_ax = flat[len(axes_cols)]
     handles, labels = flat[0].get_legend_handles_labels()
     legend_ax.axis("off")
-    from matplotlib.lines import Line2D
-
-    handles.append(Line2D([], [], color="black", lw=1.6, alpha=0.55, marker="o", mfc="none", ms=8))
-    labels.append("Pareto front (ringed)")
-    legend_ax.legend(handles, labels, loc="center", fontsize=8, frameon=False,
+    handles.append(Line2D([], [], color="black", lw=1.4, alpha=0.45))
+    labels.append("point-estimate Pareto front")
+    handles.append(Line2D([], [], lw=0, marker="o", mfc="none", mec="black", ms=8))
+    labels.append("ringed: no cheaper cell decidedly better")
+    if against is not None and verdicts is not None:
+        handles += [Line2D([], [], lw=0, marker="^", color="#1a7f1a", ms=5),
+                    Line2D([], [], lw=0, marker="v", color="#c0261a", ms=5)]
+        labels += [f"decided better than {verdicts.reference} at equal NFE",
+                   f"decided worse than {verdicts.reference} at equal NFE"]
+    legend_ax.legend(handles, labels, loc="center", fontsize=7.5, frameon=False,
                      title="series (numbers next to points: steps)", title_fontsize=8)
     for ax in flat[len(axes_cols) + 1:]:
         ax.axis("off")
@@ -308,7 +466,8 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1500px;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n{text-align:right;font-variant-numeric:tabular-nums}td{white-space:nowrap}td.note{white-space:normal;min-width:14em}
+td.v-better{background:#e3f4e3}td.v-worse{background:#fbe4e1}.decided li{margin:.15em 0}
 table.cells th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}
 table.cells th[data-sort=asc]::after{content:" ▲"}table.cells th[data-sort=desc]::after{content:" ▼"}
 tr.failed td,tr.skipped td{background:#fff1ee}tr.stale td{color:#888}
@@ -340,31 +499,32 @@ _TABLE_JS = """
 })();
 """
 
-# table column → (header, formatter for display); the raw value is kept in data-v for sorting
-_CELL_COLUMNS: list[tuple[str, str, Any]] = [
-    ("technique", "technique", str),
-    ("params_short", "params", str),
-    ("steps", "steps", str),
-    ("nfe", "NFE", lambda v: f"{v:g}"),
-    ("fid", "FID", lambda v: f"{v:.2f}"),
-    ("fid_ci", "FID 95% CI", str),
-    ("kid", "KID", lambda v: f"{v:.4g}"),
-    ("precision", "precision", lambda v: f"{v:.3f}"),
-    ("recall", "recall", lambda v: f"{v:.3f}"),
-    ("n_generated", "N gen", lambda v: f"{v:g}"),
-    ("n_reference", "N ref", lambda v: f"{v:g}"),
-    ("latency_per_image_ms", "ms / image", lambda v: f"{v:.3f}"),
-    ("latency_per_image_mad_ms", "± MAD", lambda v: f"{v:.3f}"),
-    ("denoiser_call_median_ms", "ms / call (batch)", lambda v: f"{v:.2f}"),
-    ("flops_per_image", "MFLOPs / image", lambda v: f"{v / 1e6:,.1f}"),
-    ("params_total", "params", lambda v: f"{v:,.0f}"),
-    ("energy_kwh_per_image", "J / image", lambda v: f"{v * 3.6e6:.3g}"),
-    ("peak_rss_mib", "peak RSS MiB", lambda v: f"{v:.0f}"),
-    ("cuda_max_allocated_mib", "CUDA alloc MiB", lambda v: f"{v:.0f}"),
-    ("hardware", "hardware", str),
-    ("status", "status", str),
-    ("note", "error / note", str),
-    ("spec_hash", "cell", str),
+# table column → (header, formatter for display, column whose raw value sorts it (None: itself))
+_CELL_COLUMNS: list[tuple[str, str, Any, str | None]] = [
+    ("technique", "technique", str, None),
+    ("params_short", "settings", str, None),
+    ("steps", "steps", str, None),
+    ("nfe", "NFE", lambda v: f"{v:g}", None),
+    ("fid", "FID", lambda v: f"{v:.2f}", None),
+    ("fid_ci", "FID 95% CI", str, "fid_ci_low"),
+    ("dfid", "ΔFID vs reference [95% CI]", str, "fid_delta"),
+    ("fid_verdict", "verdict", str, None),
+    ("fid_inf", "FID∞", lambda v: f"{v:.2f}", None),
+    ("kid", "KID (feat. units²)", lambda v: f"{v:.3g}", None),
+    ("precision", "precision", lambda v: f"{v:.3f}", None),
+    ("recall", "recall", lambda v: f"{v:.3f}", None),
+    ("n_generated", "N", lambda v: f"{v:g}", None),
+    ("latency_ms", "ms / image ± MAD", str, "latency_per_image_ms"),
+    ("denoiser_call_median_ms", "ms / call (batch)", lambda v: f"{v:.2f}", None),
+    ("flops_per_image", "MFLOPs / image", lambda v: f"{v / 1e6:,.1f}", None),
+    ("params_total", "network parameters", lambda v: f"{v:,.0f}", None),
+    ("energy_kwh_per_image", "J / image", lambda v: f"{v * 3.6e6:.3g}", None),
+    ("peak_rss_mib", "peak RSS MiB", lambda v: f"{v:.0f}", None),
+    ("cuda_max_allocated_mib", "CUDA alloc MiB", lambda v: f"{v:.0f}", None),
+    ("hardware", "hardware", str, None),
+    ("status", "status", str, None),
+    ("note", "error / note", str, None),
+    ("spec_hash", "cell", str, None),
 ]
 
 
@@ -372,7 +532,14 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def cells_table(df: pd.DataFrame, stale: pd.Series) -> str:
+def _interval(delta: Any, low: Any, high: Any, digits: str = ".2f") -> str | None:
+    if any(_is_missing(v) for v in (delta, low, high)):
+        return None
+    return f"{delta:+{digits}} [{low:+{digits}}, {high:+{digits}}]"
+
+
+def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None = None) -> str:
+    df = df.join(against) if against is not None else df
     view = df.assign(series=series_labels(df), hardware=df.apply(
         lambda r: f"{r.get('device')}/{r.get('dtype')}/{r.get('threads')}t/b{r.get('batch')}"
                   f"{'/compiled' if r.get('compile') is True else ''}", axis=1),
@@ -381,6 +548,13 @@ def cells_table(df: pd.DataFrame, stale: pd.Series) -> str:
     view["fid_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if not (_is_missing(lo) or _is_missing(hi)) else None
                       for lo, hi in zip(view.get("fid_ci_low", [None] * len(view)),
                                         view.get("fid_ci_high", [None] * len(view)), strict=True)]
+    if "fid_delta" in view:
+        view["dfid"] = [_interval(d, lo, hi) for d, lo, hi in zip(view["fid_delta"], view["fid_low"],
+                                                                   view["fid_high"], strict=True)]
+    if "latency_per_image_ms" in view:
+        mad = view.get("latency_per_image_mad_ms", pd.Series(index=view.index, dtype=float))
+        view["latency_ms"] = [None if _is_missing(m) else f"{m:.3f}" + ("" if _is_missing(d) else f" ± {d:.3f}")
+                              for m, d in zip(view["latency_per_image_ms"], mad, strict=True)]
     notes = []
     for idx, r in view.iterrows():
         note = _first_line(_reason(r)) if r["status"] != "ok" else ""
@@ -391,17 +565,21 @@ def cells_table(df: pd.DataFrame, stale: pd.Series) -> str:
         notes.append(note or None)
     view["note"] = notes
     cols = [c for c in _CELL_COLUMNS if c[0] in view and view[c[0]].notna().any()]
-    head = "".join(f"<th>{_esc(h)}</th>" for _, h, _ in cols)
+    head = "".join(f"<th>{_esc(h)}</th>" for _, h, _, _ in cols)
     body = []
     for idx, r in view.sort_values(["technique", "series", "steps"]).iterrows():
         cls = " ".join(filter(None, [str(r["status"]), "stale" if stale.get(idx, False) else ""]))
         tds = []
-        for col, _, fmt in cols:
+        for col, _, fmt, sort_col in cols:
             v = r.get(col)
-            raw = "" if _is_missing(v) else (f"{v:.10g}" if isinstance(v, float) else str(v))
+            key = r.get(sort_col) if sort_col else v
+            raw = "" if _is_missing(key) else (f"{key:.10g}" if isinstance(key, float) else str(key))
             shown = "" if _is_missing(v) else fmt(v)
-            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-            tds.append(f"<td{' class=n' if numeric else ''} data-v='{_esc(raw)}'>{_esc(shown)}</td>")
+            numeric = isinstance(key, (int, float)) and not isinstance(key, bool)
+            klass = " ".join(filter(None, ["n" if numeric else "", f"v-{v}" if col == "fid_verdict" else "",
+                                           "note" if col == "note" else ""]))
+            tds.append(f"<td{f' class={chr(39)}{klass}{chr(39)}' if klass else ''} data-v='{_esc(raw)}'>"
+                       f"{_esc(shown)}</td>")
         body.append(f"<tr class='{_esc(cls)}'>{''.join(tds)}</tr>")
     return (f"<p><input id='filter' size='50' placeholder='filter: words that must all appear, e.g. ddim 10'> "
             f"<span id='shown'></span> · click a header to sort</p>"
@@ -447,11 +625,36 @@ def _grid_path(row: pd.Series) -> Path | None:
     return path if path.is_file() else None
 
 
-def technique_sections(df: pd.DataFrame) -> str:
+def decided_list(rows: pd.DataFrame, against: pd.DataFrame, reference: str) -> str:
+    """What is decided for one technique's cells against the reference series at equal NFE (paired 95%)."""
+    rows = rows.join(against[["fid_ref", "fid_delta", "fid_low", "fid_high", "fid_verdict"]], how="inner")
+    rows = rows[rows["fid_verdict"].notna()]
+    if rows.empty:
+        return ""
+    rows = rows.assign(label=series_labels(rows, varying_params(rows))).sort_values(["label", "nfe"])
+    items, undecided = [], []
+    for _, r in rows.iterrows():
+        what = f"{r['label']} at {r['nfe']:g} NFE"
+        if r["fid_verdict"] in ("better", "worse"):
+            items.append(f"<li><strong>{_esc(what)}: {_esc(r['fid_verdict'])}</strong> — FID {r['fid']:.2f} vs "
+                         f"{r['fid_ref']:.2f}, Δ {_esc(_interval(r['fid_delta'], r['fid_low'], r['fid_high']))}</li>")
+        else:
+            undecided.append(f"{what} (Δ {r['fid_delta']:+.2f} [{r['fid_low']:+.2f}, {r['fid_high']:+.2f}])")
+    if undecided:
+        items.append(f"<li>undecided: {_esc('; '.join(undecided))}</li>")
+    return (f"<div class='decided'><p><strong>What is decided</strong> against {_esc(reference)} at equal NFE "
+            f"(FID, paired bootstrap over shared seeds and reference, 95%):</p><ul>{''.join(items)}</ul></div>")
+
+
+def technique_sections(df: pd.DataFrame, against: pd.DataFrame | None = None,
+                       reference: str = DEFAULT_REFERENCE) -> str:
     from bench import registry
 
     out = []
     for name, rows in ok_rows(df).groupby("technique"):
+        listed = decided_list(rows, against, reference) if against is not None else ""
+        if listed:
+            out.append(f"<h3>{_esc(name)}: what is decided</h3>{listed}")
         try:
             technique = registry.get(str(name))
         except UserError:
@@ -500,13 +703,16 @@ def provenance_block(df: pd.DataFrame, sources: Sequence[Path | str]) -> str:
     return "<dl class='prov'>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
 
 
-def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), pool_hardware: bool = False) -> str:
+def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), pool_hardware: bool = False,
+           reference: str = DEFAULT_REFERENCE) -> str:
     """The whole report as one HTML string."""
     from bench import registry
 
     installed = registry.installed_versions(df["technique"].dropna().unique())
     ok = ok_rows(df)
     stale = stale_rows(df, installed)
+    verdicts = Verdicts(ok, reference)
+    against = verdicts.against_reference()
     counts = df["status"].value_counts().to_dict()
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
              f"<meta name='viewport' content='width=device-width'><style>{_CSS}</style></head><body>",
@@ -521,15 +727,22 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
         parts.append("<div class='warn'><strong>Caveats</strong><ul>" +
                      "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
     parts.append("<h2 id='fronts'>Quality vs cost: Pareto fronts</h2><p>Lower-left is better on every panel. A point "
-                 "is on the front (ringed, joined) when no other cell of the same hardware is at most as costly and "
-                 "at most as bad on that axis. " + ("Hardware groups are pooled into one front, as asked."
-                                                    if pool_hardware else "Each hardware group has its own fronts: "
-                                                    "points from different hardware never share one.") + "</p>")
+                 "is ringed (on the front) when no other cell of the same hardware that is at most as costly is "
+                 "<em>decidedly</em> better: one point dominates another only where their paired difference is "
+                 "decided (paired bootstrap over the shared seeds and a resampled reference, 95% interval excluding "
+                 "zero); cells without stored features fall back to point estimates. The line joins the "
+                 "point-estimate front. ▲/▼: decidedly better/worse than the reference series "
+                 f"({_esc(reference)}) at equal NFE on the same hardware. Costs more than {OUTLIER_FACTOR:g}× the "
+                 "90th percentile of a panel are listed on it rather than plotted. " +
+                 ("Hardware groups are pooled into one front, as asked." if pool_hardware else
+                  "Each hardware group has its own fronts: points from different hardware never share one.")
+                 + "</p>")
     if ok.empty:
         parts.append("<p>No successful cells to plot.</p>")
     else:
         palette_labels = series_labels(ok, varying_params(ok))
         ok = ok.assign(series=palette_labels, hardware=hardware_labels(ok))
+        verdicts.ok = ok
         if pool_hardware and ok["hardware"].nunique() > 1:
             ok["series"] = ok["series"] + " @ " + ok["hardware"]
         palette = _palette(ok["series"])
@@ -541,13 +754,18 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
                 if group[quality].isna().all():
                     continue
                 title_q = f"{quality.upper()} vs cost — {hw}"
-                fig = front_figure(group, quality, palette, title_q)
+                fig = front_figure(group, quality, palette, title_q, verdicts, against)
                 body = f"<div class='fig'>{figure_svg(fig)}</div>"
                 parts.append(body if quality == "fid" else
                              f"<details><summary>{_esc(title_q)}</summary>{body}</details>")
-    parts.append("<h2 id='cells'>All cells</h2>" + cells_table(df, stale))
+    parts.append("<h2 id='cells'>All cells</h2><p>ΔFID vs reference: this cell minus the reference series "
+                 f"({_esc(reference)}) at the same NFE and hardware, with its paired 95% interval and verdict "
+                 "(better / worse / undecided); FID∞: FID extrapolated to infinitely many generated images from a "
+                 "fit against 1/N (Chong &amp; Forsyth 2020). KID is in squared feature units of the extractor "
+                 "(polynomial kernel), comparable only between rows of one extractor.</p>"
+                 + cells_table(df, stale, against))
     parts.append("<h2 id='samples'>Samples</h2>" + (sample_matrix(ok) if not ok.empty else "<p>None.</p>"))
-    parts.append("<h2 id='techniques'>Technique sections</h2>" + technique_sections(df))
+    parts.append("<h2 id='techniques'>Technique sections</h2>" + technique_sections(df, against, reference))
     costs = training_costs(df)
     parts.append("<h2 id='training'>Training cost</h2><p>Every trained artifact the cells used, so techniques that "
                  "move cost from sampling into training are judged with that cost in view.</p>" +
@@ -557,7 +775,8 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
     return "\n".join(parts)
 
 
-def write(results: Path | Sequence[Path], out: Path, title: str | None = None, pool_hardware: bool = False) -> Path:
+def write(results: Path | Sequence[Path], out: Path, title: str | None = None, pool_hardware: bool = False,
+          reference: str = DEFAULT_REFERENCE) -> Path:
     """Render the stores under ``results`` into the self-contained HTML file ``out`` (written atomically)."""
     sources = [results] if isinstance(results, (str, Path)) else list(results)
     with warnings.catch_warnings():
@@ -565,7 +784,7 @@ def write(results: Path | Sequence[Path], out: Path, title: str | None = None, p
         df = load_stores(sources)
     if df.empty:
         raise UserError(f"results store {', '.join(map(str, sources))} holds no records: nothing to report")
-    page = render(df, title or f"bench report: {', '.join(map(str, sources))}", sources, pool_hardware)
+    page = render(df, title or f"bench report: {', '.join(map(str, sources))}", sources, pool_hardware, reference)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")

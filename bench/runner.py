@@ -21,7 +21,7 @@ from bench.measure.memory import PeakMemory
 from bench.model import load_denoiser
 from bench.provenance import provenance
 from bench.sampling import generators
-from bench.store import Store
+from bench.store import Store, load_features
 from bench.sweep import Cell, base_recipe
 from bench.train import load_artifact
 
@@ -51,15 +51,31 @@ class CellRunner:
     def __init__(self, config: cfg.SweepConfig, store: Store, progress: bool = True) -> None:
         self.config, self.store, self.progress = config, store, progress
         self._models: dict[str, Any] = {}
-        self._quality: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+        self._quality: dict[str, tuple[dict[str, Any], str, str | None, dict[str, Any] | None]] = {}
+        self._partial: dict[str, dict[str, Any]] = {}  # extension key → the stored record with the most seeds
         self._extractor: quality.Extractor | None = None
         self._reference: torch.Tensor | None = None
+        self._reference_entry: dict[str, Any] | None = None
 
     def remember(self, cell: Cell, record: dict[str, Any]) -> None:
-        """Make a stored record's quality reusable by later cells that differ only in threads or batch."""
-        if record["status"] == "ok" and not record["metrics"].get("quality_reused_from"):
-            q = {k: record["metrics"].get(k) for k in _QUALITY_KEYS}
-            self._quality[cell.quality_key] = (q, cell.spec_hash, record.get("sample_grid"))
+        """Make a stored record's quality reusable by later cells that differ only in threads or batch, and its
+        features extendable by cells that ask for more seeds of the same images."""
+        if record["status"] != "ok" or record["metrics"].get("quality_reused_from"):
+            return
+        q = {k: record["metrics"].get(k) for k in _QUALITY_KEYS}
+        self._quality[cell.quality_key] = (q, cell.spec_hash, record.get("sample_grid"), record.get("features"))
+        generated = (record.get("features") or {}).get("generated")
+        if generated:
+            best = self._partial.get(cell.extension_key)
+            if best is None or best["spec"]["n_samples"] < cell.spec["n_samples"]:
+                self._partial[cell.extension_key] = record
+
+    def _extension_for(self, cell: Cell) -> dict[str, Any] | None:
+        """A stored record of the same images at fewer seeds, whose features this cell extends."""
+        record = self._partial.get(cell.extension_key)
+        if record is None or record["spec"]["n_samples"] >= cell.spec["n_samples"]:
+            return None
+        return record
 
     def failure(self, cell: Cell, error: str, trace: str | None = None) -> dict[str, Any]:
         return {"spec_hash": cell.spec_hash, "status": "failed", "error": error, "traceback": trace,
@@ -83,6 +99,11 @@ class CellRunner:
             self._extractor = quality.resolve_extractor(q.extractor, m.dataset, m.resolution, q.extractor_steps)
             self._reference = quality.reference_features(m.dataset, q.reference_split, m.resolution, q.reference_n,
                                                          self._extractor)
+        if self._reference_entry is None or not (self.store.root / self._reference_entry["file"]).is_file():
+            m, q = self.config.model, self.config.quality
+            name = quality.reference_cache_name(m.dataset, q.reference_split, m.resolution, q.reference_n,
+                                                self._extractor)
+            self._reference_entry = self.store.save_features(name, self._reference)
         return self._extractor, self._reference
 
     # -- one cell -------------------------------------------------------------------------------------------------
@@ -129,16 +150,19 @@ class CellRunner:
         # 2. First call at the real batch and step count: warm-up (and compilation), reported apart.
         first_s, _ = timed(lambda: run_batch(seeds[:batch]), device)
 
-        # 3. Timed loop under the memory and energy meters; it generates the images quality is computed on.
+        # 3. Timed loop under the memory and energy meters; it generates the images quality is computed on (only
+        # the seeds a stored record of the same images lacks, when one exists).
         reuse = self._quality.get(cell.quality_key)
+        extend = None if reuse else self._extension_for(cell)
+        fresh = seeds[extend["spec"]["n_samples"]:] if extend else seeds
         recorder.reset()
         if pipe.observe is not None:
             pipe.observe()  # forget the probe and warm-up runs
         batch_times, images, n_timed_images, runs = [], [], 0, 0
         with PeakMemory(device) as mem, EnergyMeter(self.config.energy_country, device.startswith("cuda")) as energy:
-            starts = [] if reuse else range(0, len(seeds), batch)
+            starts = [] if reuse else range(0, len(fresh), batch)
             for start in tqdm(starts, desc="  generate", unit="batch", leave=False, disable=not self.progress):
-                chunk = seeds[start:start + batch]
+                chunk = fresh[start:start + batch]
                 elapsed, x = timed(lambda c=chunk: run_batch(c), device)
                 images.append(to_uint8(x))
                 n_timed_images, runs = n_timed_images + len(chunk), runs + 1
@@ -158,19 +182,31 @@ class CellRunner:
         denoiser_ms = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
         recorder.remove()
 
-        # 5. Quality on the generated images, or reused from a cell that generated the same images.
+        # 5. Quality on the generated images (after the stored seeds' features, when extending), or reused from a
+        # cell that generated the same images.
         if reuse:
-            q, source, grid = reuse
+            q, source, grid, features = reuse
             q = {**q, "quality_reused_from": source,
                  "quality_note": "images depend only on per-sample seeds; reused across threads/batch"}
         else:
-            generated = torch.cat(images)
             extractor, reference = self._quality_refs()
-            q = quality.compute(generated, reference, extractor, s["bootstrap"], s["seed"])
+            gen = quality.image_features(torch.cat(images), extractor) if images else torch.zeros(0, 0)
+            if extend:
+                stored = torch.from_numpy(load_features(self.store.root, extend["features"]["generated"]))
+                gen = torch.cat([stored, gen]) if len(gen) else stored
+            q = quality.compute_from_features(gen, reference, s["bootstrap"], s["seed"])
             q.update(extractor=extractor.name, extractor_sha256=extractor.weights_sha256,
-                     extractor_description=extractor.description, quality_reused_from=None)
-            grid = self.store.save_samples(cell.spec_hash, generated)
-            self._quality[cell.quality_key] = ({k: q.get(k) for k in _QUALITY_KEYS}, cell.spec_hash, grid)
+                     extractor_description=extractor.description, quality_reused_from=None,
+                     quality_extended_from=extend["spec_hash"] if extend else None, n_newly_generated=len(fresh))
+            features = {"generated": {**self.store.save_features(cell.spec_hash, gen),
+                                      "seeds": [s["seed"], s["seed"] + len(gen)]},
+                        "reference": self._reference_entry}
+            if extend:  # the grid shows the first seeds, which the stored record generated
+                grid = f"samples/{cell.spec_hash}.png"
+                self.store.save_file(grid, (self.store.root / extend["sample_grid"]).read_bytes())
+            else:
+                grid = self.store.save_samples(cell.spec_hash, torch.cat(images))
+            self._quality[cell.quality_key] = ({k: q.get(k) for k in _QUALITY_KEYS}, cell.spec_hash, grid, features)
 
         latency = Latency.from_values(batch_times)
         main = "model" if "model" in denoiser_ms else next(iter(denoiser_ms))
@@ -194,7 +230,7 @@ class CellRunner:
         }
         return {"spec_hash": cell.spec_hash, "status": "ok", "spec": s, "metrics": metrics,
                 "raw": {"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms},
-                "info": pipe.info, "observations": observations, "artifacts": artifacts,
+                "info": pipe.info, "observations": observations, "artifacts": artifacts, "features": features,
                 "technique_version": technique.version(), "sample_grid": grid, "provenance": provenance(device)}
 
     def _time_networks(self, networks, first_inputs, batch, device, autocast) -> dict[str, list[float]]:
@@ -214,4 +250,5 @@ class CellRunner:
 
 
 _QUALITY_KEYS = ("fid", "fid_ci_low", "fid_ci_high", "fid_bootstrap_se", "kid", "kid_std", "precision", "recall",
-                 "n_generated", "n_reference", "extractor", "extractor_sha256", "extractor_description")
+                 "n_generated", "n_reference", "extractor", "extractor_sha256", "extractor_description", "fid_inf",
+                 "fid_inf_slope", "fid_inf_r2", "fid_inf_n", "fid_inf_values")

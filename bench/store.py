@@ -1,8 +1,12 @@
 """The results store: one JSON record per cell under ``<root>/records/``, written atomically (temp file + rename),
-plus each cell's sample grid under ``<root>/samples/``. ``load(path)`` returns one pandas DataFrame."""
+plus each cell's sample grid under ``<root>/samples/`` and the extractor features of the images it scored under
+``<root>/features/`` (float16 ``.npy``, one row per seed, its sha256 in the record; the reference set's features once
+per reference). ``load(path)`` returns one pandas DataFrame and never reads the features."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import socket
@@ -13,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -27,12 +32,14 @@ class Store:
         self.root = Path(root)
         self.records = self.root / "records"
         self.samples = self.root / "samples"
+        self.features = self.root / "features"
 
     def prepare(self) -> None:
         """Create the folders, failing with one line when the location is not writable."""
         try:
             self.records.mkdir(parents=True, exist_ok=True)
             self.samples.mkdir(parents=True, exist_ok=True)
+            self.features.mkdir(parents=True, exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=self.records, prefix=".probe-", delete=True)
             probe.close()
         except OSError as exc:
@@ -79,12 +86,26 @@ class Store:
                   "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **record}
         return _atomic_write(self.path_for(record["spec_hash"]), json.dumps(record, indent=1, default=_jsonable))
 
-    def save_sample_file(self, relative: str, data: bytes) -> None:
-        """Store a sample grid computed elsewhere (a worker process or node) at its record's relative path."""
+    def save_file(self, relative: str, data: bytes) -> None:
+        """Store a file computed elsewhere (a worker process or node: a sample grid, features) at its record's
+        relative path, atomically."""
         path = self.root / relative
-        with tempfile.NamedTemporaryFile(dir=self.samples, suffix=".png", delete=False) as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".", suffix=".tmp", delete=False) as tmp:
             tmp.write(data)
         os.replace(tmp.name, path)
+
+    def save_features(self, name: str, features: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """Keep ``features`` (rows are images) as float16 ``features/<name>.npy``; returns what the record keeps
+        about them: the relative path, sha256 of the file's bytes, shape and dtype."""
+        data = features_bytes(features)
+        relative = f"features/{name}.npy"
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self.root / relative
+        if not (existing.is_file() and hashlib.sha256(existing.read_bytes()).hexdigest() == sha):
+            self.save_file(relative, data)
+        shape = list(np.asarray(features).shape)
+        return {"file": relative, "sha256": sha, "shape": shape, "dtype": FEATURE_DTYPE}
 
     def save_samples(self, spec_hash: str, images: torch.Tensor, count: int = 16) -> str:
         """Save the first ``count`` images (uint8 NCHW) as a PNG grid; returns its path relative to the store."""
@@ -97,6 +118,27 @@ class Store:
             Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
         os.replace(tmp.name, path)
         return str(path.relative_to(self.root))
+
+
+FEATURE_DTYPE = "float16"
+
+
+def features_bytes(features: np.ndarray | torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(features, dtype=np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_features(store_root: Path | str, entry: dict[str, Any]) -> np.ndarray:
+    """The features a record's ``entry`` names, checked against its sha256 (float64 for computing on)."""
+    path = Path(store_root) / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"features file {path} is missing ({exc.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise UserError(f"features file {path} does not match the sha256 its record holds (edited or corrupted)")
+    return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float64)
 
 
 def _claim_is_live(path: Path) -> bool:
@@ -178,6 +220,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     row["raw"] = record.get("raw")
     row["artifacts"] = record.get("artifacts")
     row["info"] = record.get("info")
+    row["features"] = record.get("features")
     row["observations"] = record.get("observations")
     return row
 

@@ -22,6 +22,8 @@ from bench.store import Store, is_stale
 # Hardware axes that cannot change which images a seed gives (per-sample RNG): quality is computed once and reused
 # across them. Device, dtype and compile change numerics, so each gets its own quality.
 QUALITY_INVARIANT_AXES = ("threads", "batch")
+# With per-seed RNG the first N images of a cell are the same at any larger N: a stored cell extends to more seeds.
+EXTENSION_AXES = (*QUALITY_INVARIANT_AXES, "n_samples")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class Cell:
     @property
     def quality_key(self) -> str:
         rest = {k: v for k, v in self.spec.items() if k not in QUALITY_INVARIANT_AXES}
+        return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def extension_key(self) -> str:
+        rest = {k: v for k, v in self.spec.items() if k not in EXTENSION_AXES}
         return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -165,6 +172,14 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
             executor.remember(cell, existing)
         records[cell.spec_hash] = existing
 
+    # stored cells of the same images at fewer seeds (an earlier, smaller N): the new cells generate only the seeds
+    # those lack
+    wanted_keys = {cell.extension_key: cell.spec["n_samples"] for cell in todo}
+    for existing in _extendable(store, versions):
+        source = Cell(existing["spec"])
+        if source.spec["n_samples"] < wanted_keys.get(source.extension_key, 0):
+            executor.remember(source, existing)
+
     started: dict[str, float] = {}
 
     def claim(cell: Cell) -> bool:
@@ -180,9 +195,8 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
 
     for cell, record in executor.run(todo, claim):
         try:
-            png = record.pop(executors.SAMPLE_BYTES, None)
-            if png is not None:
-                store.save_sample_file(record["sample_grid"], png)
+            for relative, data in record.pop(executors.FILES, {}).items():
+                store.save_file(relative, data)
             store.write(record)
         finally:
             store.release(cell.spec_hash)
@@ -192,9 +206,24 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
     return [records[c.spec_hash] for c in cells if c.spec_hash in records]
 
 
+def _extendable(store: Store, versions: dict[str, str]) -> list[dict[str, Any]]:
+    """Stored ok records with features, recorded by the installed version of their technique."""
+    import warnings
+
+    from bench.store import read_records
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable records were already reported while deciding what to run
+        records = read_records(store.root)
+    return [r for r in records if r["status"] == "ok" and (r.get("features") or {}).get("generated")
+            and "spec" in r and not is_stale(r["spec"].get("technique"), r.get("technique_version"), versions)]
+
+
 def _outcome(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"{record['status'].upper()}: {record.get('error') or record.get('reason')}"
     m = record["metrics"]
     return (f"FID {m['fid']:.2f} NFE {m['nfe']} {m['latency_per_image_ms']:.2f} ms/img"
-            + (" (quality reused)" if m.get("quality_reused_from") else ""))
+            + (" (quality reused)" if m.get("quality_reused_from") else "")
+            + (f" (extended from {m['quality_extended_from']}: {m['n_newly_generated']} new seeds)"
+               if m.get("quality_extended_from") else ""))

@@ -1,9 +1,12 @@
 """FID, KID and precision/recall with torch-fidelity, on an offline extractor by default.
 
 Features are extracted once per image set by torch-fidelity; reference features are cached by torch-fidelity under a
-name built from (dataset, split, resolution, N, extractor hash), never a folder name. The FID confidence interval is
-FID ± 1.96 bootstrap standard errors, resampling the generated images with the reference fixed (compare intervals
-only between rows of equal N).
+name built from (dataset, split, resolution, N, extractor hash), never a folder name. Features are rounded to float16
+— the precision the store keeps them at — *before* any metric is computed, so every figure in a record can be
+recomputed exactly from the stored features. The FID confidence interval is FID ± 1.96 bootstrap standard errors,
+resampling the generated images with the reference fixed (compare intervals only between rows of equal N; for a
+verdict between two cells use the paired comparison in ``bench.compare``). FID∞ extrapolates FID to infinitely many
+generated images from its values at smaller N (Chong & Forsyth 2020).
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ def _inception() -> Extractor:
     return Extractor(INCEPTION, "2048", zoo.weights_sha256(weights), "Inception-v3 (torch-fidelity compat), pool3")
 
 
+FEATURE_DTYPE = np.float16  # what the store keeps; metrics are computed on exactly these values
+
+
 def _features(images: torch.Tensor, extractor: Extractor, cache_name: str | None) -> torch.Tensor:
     from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
 
@@ -79,7 +85,13 @@ def _features(images: torch.Tensor, extractor: Extractor, cache_name: str | None
               "cache": cache_name is not None, "cache_root": str(cache_root()),
               "input1": Uint8Images(images, rgb=extractor.name == INCEPTION), "input1_cache_name": cache_name}
     fe = create_feature_extractor(extractor.name, [extractor.feature], cuda=False, verbose=False)
-    return extract_featuresdict_from_input_id_cached(1, fe, **kwargs)[extractor.feature].double()
+    feats = extract_featuresdict_from_input_id_cached(1, fe, **kwargs)[extractor.feature]
+    return torch.from_numpy(feats.cpu().numpy().astype(FEATURE_DTYPE).astype(np.float64))
+
+
+def image_features(images: torch.Tensor, extractor: Extractor) -> torch.Tensor:
+    """The extractor's features of uint8 ``images``, one row per image, at the store's precision (as float64)."""
+    return _features(images, extractor, None)
 
 
 def reference_cache_name(dataset: str, split: str, resolution: int, n: int, extractor: Extractor) -> str:
@@ -96,12 +108,21 @@ def reference_features(dataset: str, split: str, resolution: int, n: int, extrac
 
 def compute(images: torch.Tensor, ref_features: torch.Tensor, extractor: Extractor, bootstrap: int = 200,
             seed: int = 0) -> dict[str, float | int]:
-    """FID (+ bootstrap 95% CI), KID, precision and recall of uint8 ``images`` against the reference features."""
+    """FID (+ bootstrap 95% CI, FID∞), KID, precision and recall of uint8 ``images`` against the reference
+    features."""
+    return compute_from_features(image_features(images, extractor), ref_features, bootstrap, seed)
+
+
+def compute_from_features(gen: torch.Tensor, ref_features: torch.Tensor, bootstrap: int = 200, seed: int = 0
+                          ) -> dict[str, float | int]:
+    """Every quality figure of a record from generated and reference features (rows are images)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    gen = _features(images, extractor, None)
+    from bench import stats
+
+    gen, ref_features = gen.double(), ref_features.double()
     n_gen, n_ref = len(gen), len(ref_features)
     ref_stats = fid_features_to_statistics(ref_features)
 
@@ -110,9 +131,13 @@ def compute(images: torch.Tensor, ref_features: torch.Tensor, extractor: Extract
             "frechet_inception_distance"]
 
     point = fid(gen)
-    rng = np.random.default_rng(seed)
-    boot = np.array([fid(gen[torch.from_numpy(rng.integers(0, n_gen, n_gen))]) for _ in range(bootstrap)])
-    se = float(boot.std(ddof=1)) if bootstrap > 1 else None
+    se = None
+    if bootstrap > 1:  # resample the generated images, the reference fixed (vectorised: one symmetric eigenproblem
+        # per draw; the same draws as resampling with default_rng(seed).integers(0, n, n) one draw at a time)
+        draws = stats.Draws(stats.Draws.make(n_gen, 1, bootstrap, seed).gen_counts,
+                            np.ones((bootstrap, n_ref), dtype=np.int64))
+        boot = stats.bootstrap_metrics(gen.numpy(), stats.Reference(ref_features.numpy(), draws), ("fid",))["fid"]
+        se = float(boot.std(ddof=1))
     kid = kid_features_to_metric(gen, ref_features, kid_subsets=100, kid_subset_size=min(1000, n_gen, n_ref),
                                  rng_seed=seed, verbose=False)
     prc = prc_features_to_metric(gen.float(), ref_features.float(), prc_neighborhood=3, prc_batch_size=10000,
@@ -130,4 +155,6 @@ def compute(images: torch.Tensor, ref_features: torch.Tensor, extractor: Extract
         "recall": prc["recall"],
         "n_generated": n_gen,
         "n_reference": n_ref,
+        # FID at N' = N/4 … N fitted against 1/N'; the intercept estimates FID at N = ∞ for this reference set
+        **stats.fid_infinity(gen.numpy(), ref_features.numpy(), seed=seed),
     }
