@@ -297,23 +297,17 @@ def _fmt_ratio(row: Any) -> str:
 def text_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "no cell is in both stores"
+    hardware = table["hardware_a"].where(table["hardware_a"] == table["hardware_b"],
+                                         table["hardware_a"] + " → " + table["hardware_b"])
     view = pd.DataFrame({
-        "cell": table["cell"],
+        "cell": table["cell"], **({"hardware": hardware} if hardware.nunique() > 1 else {}),
         "time B/A [95% CI]": table.apply(_fmt_ratio, axis=1),
         "ΔFID B−A [95% CI]": table.apply(lambda r: _fmt_delta(r, "fid"), axis=1),
-        "ΔKID×1e3": table.apply(lambda r: _fmt_delta(_scaled(r, "kid", 1e3), "kid"), axis=1),
+        "ΔKID": table.apply(lambda r: _fmt_delta(r, "kid", ".3g"), axis=1),
         "Δprecision": table.apply(lambda r: _fmt_delta(r, "precision", ".3f"), axis=1),
         "Δrecall": table.apply(lambda r: _fmt_delta(r, "recall", ".3f"), axis=1),
     })
     return view.to_string(index=False)
-
-
-def _scaled(row: pd.Series, metric: str, factor: float) -> pd.Series:
-    row = row.copy()
-    for part in ("delta", "low", "high"):
-        if f"{metric}_{part}" in row and not pd.isna(row[f"{metric}_{part}"]):
-            row[f"{metric}_{part}"] = row[f"{metric}_{part}"] * factor
-    return row
 
 
 def html_table(table: pd.DataFrame, title: str, failures: list[str] | None = None) -> str:
@@ -322,11 +316,11 @@ def html_table(table: pd.DataFrame, title: str, failures: list[str] | None = Non
     def esc(v: Any) -> str:
         return html.escape(str(v), quote=True)
 
-    head = ["cell", "hardware A → B", "time B/A [95% CI]", "ΔFID B−A [95% CI]", "ΔKID×10³", "Δprecision", "Δrecall"]
+    head = ["cell", "hardware A → B", "time B/A [95% CI]", "ΔFID B−A [95% CI]", "ΔKID", "Δprecision", "Δrecall"]
     body = []
     for _, r in table.iterrows():
         cells = [r["cell"], f"{r['hardware_a']} → {r['hardware_b']}", _fmt_ratio(r), _fmt_delta(r, "fid"),
-                 _fmt_delta(_scaled(r, "kid", 1e3), "kid"), _fmt_delta(r, "precision", ".3f"),
+                 _fmt_delta(r, "kid", ".3g"), _fmt_delta(r, "precision", ".3f"),
                  _fmt_delta(r, "recall", ".3f")]
         body.append("<tr>" + "".join(f"<td class='{_verdict_class(c)}'>{esc(c)}</td>" for c in cells) + "</tr>")
     fails = "".join(f"<li>{esc(f)}</li>" for f in failures or [])

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tests.conftest import TINY_CELLS, TINY_CONFIG, run_cli
+from tests.conftest import ROOT, TINY_CELLS, TINY_CONFIG, run_cli
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -20,7 +20,9 @@ def test_dry_run_lists_cells_without_running(tmp_path: Path) -> None:
 def test_default_config_expands() -> None:
     result = run_cli("sweep", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "sampler=dpmpp_3m" in result.stdout and "steps=1000" in result.stdout
+    assert "sampler=dpmpp_3m" in result.stdout and "n=1000" in result.stdout
+    result = run_cli("sweep", "--dry-run", "--config", str(ROOT / "bench" / "configs" / "samplers.toml"))
+    assert result.returncode == 0 and "steps=1000" in result.stdout
 
 
 def test_report_of_empty_store_is_an_error(tmp_path: Path) -> None:

@@ -53,6 +53,8 @@ def test_process_executor_isolates_crashes_oom_and_timeouts_and_retry_reruns_onl
     assert "4 cells (3 failed)" in result.stdout
     by_technique = {r["spec"]["technique"]: r for r in _records(tmp_path / "res")}
     assert by_technique["step_reduction"]["status"] == "ok"
+    features = by_technique["step_reduction"]["features"]["generated"]  # carried back from the worker process
+    assert store.load_features(tmp_path / "res" / "tiny", features).shape == (48, 64)
     assert "killed by SIGKILL" in by_technique["kill_self"]["error"]
     assert by_technique["memory_hog"]["error"].startswith("out of memory")
     assert by_technique["sleepy"]["error"].startswith("timeout")
