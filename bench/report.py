@@ -296,17 +296,23 @@ def _first_line(text: Any) -> str:
     return str(text).strip().splitlines()[0] if text else "no reason recorded"
 
 
-def summary_table(df: pd.DataFrame) -> str:
-    """The terminal summary: one line per ok cell, quality and cost side by side, in readable units."""
-    ok = ok_rows(df)
+def summary_table(df: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
+    """The terminal summary: one line per ok cell, quality and cost side by side, in readable units, with ΔFID
+    against the reference series at equal NFE (paired 95% interval and verdict) where there is one."""
+    ok = ok_rows(drop_superseded(df))
     if ok.empty:
         return "no successful cells"
+    against = Verdicts(ok, reference).against_reference()
     ok = ok.assign(label=series_labels(ok, varying_params(ok))).sort_values(["label", "steps"])
+    delta = [f"{_interval(d, lo, hi)} {v}" if isinstance(v, str) else "" for d, lo, hi, v in zip(
+        against.loc[ok.index, "fid_delta"], against.loc[ok.index, "fid_low"], against.loc[ok.index, "fid_high"],
+        against.loc[ok.index, "fid_verdict"], strict=True)]
     hw = [h for h in HARDWARE if h in ok and ok[h].astype(str).nunique() > 1]
     table = pd.DataFrame({
         "technique": ok["label"], **{h: ok[h] for h in hw}, "steps": ok["steps"], "NFE": ok["nfe"],
         "FID [95% CI]": [f"{f:.2f} [{lo:.2f}, {hi:.2f}]" for f, lo, hi in
                          zip(ok["fid"], ok["fid_ci_low"], ok["fid_ci_high"], strict=True)],
+        f"ΔFID vs {reference.split(' ', 1)[-1].split('=')[-1]} [95% paired]": delta,
         "KID": ok["kid"].map(lambda v: f"{v:.3g}"), "prec": ok["precision"].round(3), "rec": ok["recall"].round(3),
         "N": ok["n_generated"], "ms/img": ok["latency_per_image_ms"].round(3),
         "MFLOPs/img": (ok["flops_per_image"] / 1e6).round(1),
