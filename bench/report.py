@@ -102,9 +102,10 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str
         if better is None:
             out.loc[out.index.isin(ordered.index), "on_front"] = out.loc[ordered.index, "on_point_front"]
             continue
-        for p, row in ordered.iterrows():
-            cheaper = ordered[(ordered[cost] <= row[cost]) & (ordered.index != p)]
-            out.loc[p, "on_front"] = not any(better(q, p) for q in cheaper.index)
+        costs, index = ordered[cost].to_numpy(), list(ordered.index)
+        front = [not any(better(q, p) for q, c in zip(index, costs, strict=True) if c <= cp and q != p)
+                 for p, cp in zip(index, costs, strict=True)]
+        out.loc[index, "on_front"] = front
     return out
 
 
@@ -471,8 +472,9 @@ def front_figure(group: pd.DataFrame, quality: str, palette: dict[str, tuple[Any
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1500px;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px}
-td.n{text-align:right;font-variant-numeric:tabular-nums}td{white-space:nowrap}td.note{white-space:normal;min-width:14em}
+table{border-collapse:collapse;font-size:12px}table.cells{font-size:11px}table.cells th{white-space:normal}
+td,th{border:1px solid #ddd;padding:2px 6px}
+td.n{text-align:right;font-variant-numeric:tabular-nums}td{white-space:nowrap}td.note{white-space:normal;min-width:9em}
 td.v-better{background:#e3f4e3}td.v-worse{background:#fbe4e1}.decided li{margin:.15em 0}
 table.cells th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}
 table.cells th[data-sort=asc]::after{content:" ▲"}table.cells th[data-sort=desc]::after{content:" ▼"}
@@ -490,6 +492,7 @@ _TABLE_JS = """
       count=document.getElementById('shown');
   function update(){var terms=filter.value.toLowerCase().split(/\\s+/).filter(Boolean),n=0;
     Array.prototype.forEach.call(body.rows,function(r){var t=r.textContent.toLowerCase();
+      Array.prototype.forEach.call(r.querySelectorAll('[title]'),function(e){t+=' '+e.title.toLowerCase();});
       var show=terms.every(function(w){return t.indexOf(w)>=0});r.style.display=show?'':'none';if(show)n++;});
     count.textContent=n+' of '+body.rows.length+' cells shown';}
   Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){th.addEventListener('click',function(){
@@ -530,7 +533,7 @@ _CELL_COLUMNS: list[tuple[str, str, Any, str | None]] = [
     ("hardware", "hardware", str, None),
     ("status", "status", str, None),
     ("note", "error / note", str, None),
-    ("spec_hash", "cell", str, None),
+    ("spec_hash", "cell", lambda v: str(v)[:10], None),  # 10 characters: enough for `bench compare`
 ]
 
 
@@ -549,8 +552,11 @@ def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None
     view = df.assign(series=series_labels(df), hardware=df.apply(
         lambda r: f"{r.get('device')}/{r.get('dtype')}/{r.get('threads')}t/b{r.get('batch')}"
                   f"{'/compiled' if r.get('compile') is True else ''}", axis=1),
-        params_short=df["params"].map(lambda p: " ".join(f"{k}={v}" for k, v in json.loads(p).items())
-                                      if isinstance(p, str) else ""))
+        # only the parameters that vary within the store (all of them in the filter's hidden text and the tooltip)
+        params_short=series_labels(df, varying_params(df)).str.split(" ", n=1).str[1].fillna("") if len(df)
+        else pd.Series(dtype=str),
+        params_full=df["params"].map(lambda p: " ".join(f"{k}={v}" for k, v in json.loads(p).items())
+                                     if isinstance(p, str) else ""))
     view["fid_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if not (_is_missing(lo) or _is_missing(hi)) else None
                       for lo, hi in zip(view.get("fid_ci_low", [None] * len(view)),
                                         view.get("fid_ci_high", [None] * len(view)), strict=True)]
@@ -571,6 +577,9 @@ def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None
         notes.append(note or None)
     view["note"] = notes
     cols = [c for c in _CELL_COLUMNS if c[0] in view and view[c[0]].notna().any()]
+    # a column every row shares says nothing row by row: it goes above the table (keeps it within the page)
+    shared = {h: view[c].iloc[0] for c, h, _, _ in cols if c in ("hardware", "status") and view[c].nunique() == 1}
+    cols = [c for c in cols if c[1] not in shared]
     head = "".join(f"<th>{_esc(h)}</th>" for _, h, _, _ in cols)
     body = []
     for idx, r in view.sort_values(["technique", "series", "steps"]).iterrows():
@@ -583,12 +592,14 @@ def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None
             shown = "" if _is_missing(v) else fmt(v)
             numeric = isinstance(key, (int, float)) and not isinstance(key, bool)
             klass = " ".join(filter(None, ["n" if numeric else "", f"v-{v}" if col == "fid_verdict" else "",
-                                           "note" if col == "note" else ""]))
-            tds.append(f"<td{f' class={chr(39)}{klass}{chr(39)}' if klass else ''} data-v='{_esc(raw)}'>"
+                                           "note" if col in ("note", "params_short") else ""]))
+            title = f" title='{_esc(r['params_full'])}'" if col == "params_short" else ""
+            tds.append(f"<td{f' class={chr(39)}{klass}{chr(39)}' if klass else ''}{title} data-v='{_esc(raw)}'>"
                        f"{_esc(shown)}</td>")
         body.append(f"<tr class='{_esc(cls)}'>{''.join(tds)}</tr>")
+    common = "".join(f" · {_esc(h)}: {_esc(v)} (every cell)" for h, v in shared.items())
     return (f"<p><input id='filter' size='50' placeholder='filter: words that must all appear, e.g. ddim 10'> "
-            f"<span id='shown'></span> · click a header to sort</p>"
+            f"<span id='shown'></span> · click a header to sort{common}</p>"
             f"<div style='overflow-x:auto'><table id='cell-table' class='cells'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div><script>{_TABLE_JS}</script>")
 

@@ -175,7 +175,7 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
     # stored cells of the same images at fewer seeds (an earlier, smaller N): the new cells generate only the seeds
     # those lack
     wanted_keys = {cell.extension_key: cell.spec["n_samples"] for cell in todo}
-    for existing in _extendable(store, versions):
+    for existing in _extendable(store, versions) if todo else []:
         source = Cell(existing["spec"])
         if source.spec["n_samples"] < wanted_keys.get(source.extension_key, 0):
             executor.remember(source, existing)
