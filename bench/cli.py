@@ -200,7 +200,7 @@ def _compare(args: argparse.Namespace) -> int:
     elif a_dir.is_dir() or b_dir.is_dir():
         raise UserError("give two cell ids or two store folders, not one of each")
     else:
-        df = report.load_stores(args.results)
+        df = report.load_stores(args.results, keep_superseded=True)  # any stored cell may be named
         table = pd_frame([compare.compare_cells(compare.find_cell(df, args.a), compare.find_cell(df, args.b),
                                                 comparer)])
         title = f"bench compare {args.a} → {args.b}"

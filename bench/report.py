@@ -47,15 +47,15 @@ SUMMARY_COLUMNS = ["technique", "params", "steps", "nfe", "fid", "fid_ci_low", "
 
 
 # -- data: pure DataFrame functions -----------------------------------------------------------------------------------
-def load_stores(paths: Sequence[Path | str]) -> pd.DataFrame:
+def load_stores(paths: Sequence[Path | str], keep_superseded: bool = False) -> pd.DataFrame:
     """Every record under ``paths`` (stores or folders of stores) as one DataFrame; a cell found in several stores
-    keeps its newest record."""
+    keeps its newest record; cells extended to more seeds hide their smaller-N records unless ``keep_superseded``."""
     frames = [f for f in (store.load(p) for p in paths) if not f.empty]
     if not frames:
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
     df = df.sort_values("written_at", kind="stable").drop_duplicates("spec_hash", keep="last")
-    return drop_superseded(df).reset_index(drop=True)
+    return (df if keep_superseded else drop_superseded(df)).reset_index(drop=True)
 
 
 def drop_superseded(df: pd.DataFrame) -> pd.DataFrame:

@@ -159,6 +159,18 @@ def test_extending_n_generates_only_the_new_seeds_and_equals_a_fresh_run(tmp_pat
     # the smaller-N cells stay in the store (nothing stored is lost) but the report shows the extended ones
     page = (tmp_path / "grown.html").read_text()
     assert "2 cell(s) stored at a smaller N are not shown" in page
+    small = store.load(tmp_path / "grown")
+    small = small[small["n_samples"] == 32].iloc[0]
+    result = run_cli("compare", small["spec_hash"], grown.loc[small["param_sampler"], "spec_hash"], "--results",
+                     str(tmp_path / "grown"))  # a superseded cell can still be named; they pair on 32 seeds
+    assert result.returncode == 0 and "same" in result.stdout, result.stdout + result.stderr
+
+    # a fresh worker process extends too: the stored features travel to it, only the new seeds are generated
+    config = _small_config(tmp_path, 64, "c64.toml")
+    config.write_text(config.read_text() + '\n[executor]\nkind = "process"\n')
+    result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / "grown"), "--report",
+                     str(tmp_path / "g64.html"), "--no-progress")
+    assert result.returncode == 0 and result.stdout.count("16 new seeds") == 2, result.stdout + result.stderr
 
 
 def _slowed_copy(src: Path, dst: Path, factor: float, worse_cell: str | None = None) -> None:
