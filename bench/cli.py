@@ -147,8 +147,9 @@ def _sweep(args: argparse.Namespace) -> int:
                         rerun_stale=args.rerun_stale)
     df = store.load(config.store_path)
     print("\n" + report.summary_table(df))
+    # an unchanged store, options and code leave the report as it is (an unchanged rerun stays fast)
     out = report.write(config.store_path, args.report or Path("reports") / f"{config.name}.html",
-                       f"bench sweep '{config.name}'")
+                       f"bench sweep '{config.name}'", skip_unchanged=True)
     failed = sum(r["status"] == "failed" for r in records)
     print(f"\n{len(records)} cells ({failed} failed) in {time.perf_counter() - start:.0f} s; "
           f"store {config.store_path}; report {out}")

@@ -792,16 +792,40 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
     return "\n".join(parts)
 
 
+def report_key(sources: Sequence[Path | str], title: str, pool_hardware: bool, reference: str,
+               df: pd.DataFrame) -> str:
+    """What a report depends on: every record file (name, size, mtime), the options, the report code and the
+    installed versions of the techniques whose sections it draws. Equal keys render equal pages (bar the date)."""
+    import hashlib
+
+    from bench import registry
+
+    files = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for src in sources
+                   for p in Path(src).rglob("records/*.json"))
+    versions = registry.installed_versions(df["technique"].dropna().unique()) if "technique" in df else {}
+    code = Path(__file__).read_bytes()
+    payload = json.dumps([files, title, pool_hardware, reference, sorted(versions.items())], default=str)
+    return hashlib.sha256(code + payload.encode()).hexdigest()[:24]
+
+
 def write(results: Path | Sequence[Path], out: Path, title: str | None = None, pool_hardware: bool = False,
-          reference: str = DEFAULT_REFERENCE) -> Path:
-    """Render the stores under ``results`` into the self-contained HTML file ``out`` (written atomically)."""
+          reference: str = DEFAULT_REFERENCE, skip_unchanged: bool = False) -> Path:
+    """Render the stores under ``results`` into the self-contained HTML file ``out`` (written atomically). With
+    ``skip_unchanged``, an ``out`` rendered from exactly these records, options and code is left as it is."""
     sources = [results] if isinstance(results, (str, Path)) else list(results)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         df = load_stores(sources)
     if df.empty:
         raise UserError(f"results store {', '.join(map(str, sources))} holds no records: nothing to report")
-    page = render(df, title or f"bench report: {', '.join(map(str, sources))}", sources, pool_hardware, reference)
+    title = title or f"bench report: {', '.join(map(str, sources))}"
+    key = report_key(sources, title, pool_hardware, reference, df)
+    stamp = f"<!-- bench-report-key {key} -->"
+    if skip_unchanged and out.is_file():
+        with open(out, encoding="utf-8", errors="replace") as f:
+            if stamp in f.readline():
+                return out
+    page = stamp + "\n" + render(df, title, sources, pool_hardware, reference)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")

@@ -113,3 +113,20 @@ def test_hardware_groups_get_their_own_fronts_unless_pooled(tmp_path: Path, pool
     page = report.write(tmp_path / "s", tmp_path / "r.html", pool_hardware=pool).read_text()
     titles = page.count("FID vs cost — ")
     assert titles == (1 if pool else 2)
+
+
+def test_an_unchanged_store_leaves_its_report_alone_and_any_change_rerenders_it(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s")
+    s.prepare()
+    s.write(_record("a", fid=5.0))
+    out = report.write(tmp_path / "s", tmp_path / "r.html", skip_unchanged=True)
+    out.write_text(out.read_text().replace("bench report", "MARK", 1))  # what a re-render would undo
+    report.write(tmp_path / "s", out, skip_unchanged=True)
+    assert "MARK" in out.read_text()  # same records, options and code: left as it is
+    report.write(tmp_path / "s", out, skip_unchanged=True, reference="step_reduction sampler=unipc")
+    assert "MARK" not in out.read_text()  # another option: rendered again
+    out.write_text(out.read_text().replace("bench report", "MARK", 1))
+    s.write(_record("b", fid=6.0, params={"sampler": "unipc"}))
+    report.write(tmp_path / "s", out, skip_unchanged=True)
+    page = out.read_text()
+    assert "MARK" not in page and "2 cells" in page
