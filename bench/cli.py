@@ -184,6 +184,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from bench import compare, report
 
     if args.draws < 2:
@@ -202,7 +204,7 @@ def _compare(args: argparse.Namespace) -> int:
         raise UserError("give two cell ids or two store folders, not one of each")
     else:
         df = report.load_stores(args.results, keep_superseded=True)  # any stored cell may be named
-        table = pd_frame([compare.compare_cells(compare.find_cell(df, args.a), compare.find_cell(df, args.b),
+        table = pd.DataFrame([compare.compare_cells(compare.find_cell(df, args.a), compare.find_cell(df, args.b),
                                                 comparer)])
         title = f"bench compare {args.a} → {args.b}"
     print(f"{title}: {len(table)} matched cell(s); B − A, paired 95% intervals, verdicts for B\n")
@@ -221,12 +223,6 @@ def _compare(args: argparse.Namespace) -> int:
     if thresholds:
         print(f"\nno decided change beyond {', '.join(t.describe() for t in thresholds)}")
     return 0
-
-
-def pd_frame(rows: list[dict]) -> object:
-    import pandas as pd
-
-    return pd.DataFrame(rows)
 
 
 def _techniques(args: argparse.Namespace) -> int:

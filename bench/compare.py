@@ -38,7 +38,9 @@ HARDWARE_AXES = ("device", "dtype", "threads", "compile", "batch")
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench")).expanduser() / "paired"
+    from bench.measure.quality import cache_root
+
+    return cache_root().parent / "paired"
 
 
 def _entry(row: Any, which: str) -> dict[str, Any] | None:
@@ -136,13 +138,7 @@ class Comparer:
         boot_c, point_c = self._cell(candidate, n)
         same = _entry(reference, "generated")["sha256"] == _entry(candidate, "generated")["sha256"] and \
             _entry(reference, "generated")["shape"][0] == _entry(candidate, "generated")["shape"][0]
-        out = {}
-        for metric in stats.METRICS:
-            delta = point_c[metric] - point_r[metric]
-            se = 0.0 if same else float(np.std(boot_c[metric] - boot_r[metric], ddof=1))
-            out[metric] = stats.Difference(metric, point_c[metric], point_r[metric], delta, delta - stats.Z95 * se,
-                                           delta + stats.Z95 * se, n)
-        return out
+        return stats.differences(point_c, point_r, boot_c, boot_r, n, same)
 
 
 # -- finding cells --------------------------------------------------------------------------------------------------

@@ -147,6 +147,11 @@ class Draws:
         ref = np.stack([np.bincount(rng.integers(0, m, m), minlength=m) for _ in range(draws)])
         return cls(gen, ref)
 
+    @classmethod
+    def fixed_reference(cls, n: int, m: int, draws: int, seed: int = 0) -> Draws:
+        """Draws over the seeds only, the reference held fixed (the per-cell interval a record stores)."""
+        return cls(cls.make(n, 1, draws, seed).gen_counts, np.ones((draws, m), dtype=np.int64))
+
 
 class Reference:
     """The reference features and everything about them that every cell's bootstrap reuses: its moments, kernel
@@ -259,13 +264,18 @@ def paired_differences(gen_a: np.ndarray, gen_b: np.ndarray, ref: np.ndarray, dr
         boot_b = boot_b or bootstrap_metrics(gen_b, reference)
     point_a = point_a or point_metrics(gen_a, ref)
     point_b = point_b or point_metrics(gen_b, ref)
-    identical = np.array_equal(gen_a, gen_b)
+    return differences(point_a, point_b, boot_a, boot_b, len(gen_a), np.array_equal(gen_a, gen_b))
+
+
+def differences(point_a: dict[str, float], point_b: dict[str, float], boot_a: dict[str, np.ndarray],
+                boot_b: dict[str, np.ndarray], n: int, identical: bool = False) -> dict[str, Difference]:
+    """A − B per metric from point values and paired bootstrap vectors (the same draws for both)."""
     out = {}
     for metric in METRICS:
         delta = point_a[metric] - point_b[metric]
         se = 0.0 if identical else float(np.std(boot_a[metric] - boot_b[metric], ddof=1))
         out[metric] = Difference(metric, point_a[metric], point_b[metric], delta, delta - Z95 * se, delta + Z95 * se,
-                                 len(gen_a))
+                                 n)
     return out
 
 

@@ -125,7 +125,7 @@ FEATURE_DTYPE = "float16"
 
 def features_bytes(features: np.ndarray | torch.Tensor) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.asarray(features, dtype=np.float16), allow_pickle=False)
+    np.save(buf, np.asarray(features, dtype=FEATURE_DTYPE), allow_pickle=False)
     return buf.getvalue()
 
 

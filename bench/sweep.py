@@ -34,15 +34,17 @@ class Cell:
     def spec_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
 
-    @property
-    def quality_key(self) -> str:
-        rest = {k: v for k, v in self.spec.items() if k not in QUALITY_INVARIANT_AXES}
+    def _key_without(self, axes: tuple[str, ...]) -> str:
+        rest = {k: v for k, v in self.spec.items() if k not in axes}
         return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
+    def quality_key(self) -> str:
+        return self._key_without(QUALITY_INVARIANT_AXES)
+
+    @property
     def extension_key(self) -> str:
-        rest = {k: v for k, v in self.spec.items() if k not in EXTENSION_AXES}
-        return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+        return self._key_without(EXTENSION_AXES)
 
     def label(self) -> str:
         s = self.spec

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench import data, zoo
+from bench import data, store, zoo
 from bench.errors import UserError
 
 INCEPTION = "inception-v3-compat"
@@ -75,9 +75,6 @@ def _inception() -> Extractor:
     return Extractor(INCEPTION, "2048", zoo.weights_sha256(weights), "Inception-v3 (torch-fidelity compat), pool3")
 
 
-FEATURE_DTYPE = np.float16  # what the store keeps; metrics are computed on exactly these values
-
-
 def _features(images: torch.Tensor, extractor: Extractor, cache_name: str | None) -> torch.Tensor:
     from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
 
@@ -86,7 +83,8 @@ def _features(images: torch.Tensor, extractor: Extractor, cache_name: str | None
               "input1": Uint8Images(images, rgb=extractor.name == INCEPTION), "input1_cache_name": cache_name}
     fe = create_feature_extractor(extractor.name, [extractor.feature], cuda=False, verbose=False)
     feats = extract_featuresdict_from_input_id_cached(1, fe, **kwargs)[extractor.feature]
-    return torch.from_numpy(feats.cpu().numpy().astype(FEATURE_DTYPE).astype(np.float64))
+    # rounded to what the store keeps, so metrics are computed on exactly the stored values
+    return torch.from_numpy(feats.cpu().numpy().astype(store.FEATURE_DTYPE).astype(np.float64))
 
 
 def image_features(images: torch.Tensor, extractor: Extractor) -> torch.Tensor:
@@ -134,8 +132,7 @@ def compute_from_features(gen: torch.Tensor, ref_features: torch.Tensor, bootstr
     se = None
     if bootstrap > 1:  # resample the generated images, the reference fixed (vectorised: one symmetric eigenproblem
         # per draw; the same draws as resampling with default_rng(seed).integers(0, n, n) one draw at a time)
-        draws = stats.Draws(stats.Draws.make(n_gen, 1, bootstrap, seed).gen_counts,
-                            np.ones((bootstrap, n_ref), dtype=np.int64))
+        draws = stats.Draws.fixed_reference(n_gen, n_ref, bootstrap, seed)
         boot = stats.bootstrap_metrics(gen.numpy(), stats.Reference(ref_features.numpy(), draws), ("fid",))["fid"]
         se = float(boot.std(ddof=1))
     kid = kid_features_to_metric(gen, ref_features, kid_subsets=100, kid_subset_size=min(1000, n_gen, n_ref),

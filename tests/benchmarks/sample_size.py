@@ -31,7 +31,7 @@ from bench.store import load_features
 
 def unpaired_half_width(gen: np.ndarray, ref: np.ndarray, draws: int, seed: int = 0) -> float:
     """1.96 × bootstrap SE of FID, resampling the generated images, the reference fixed (the record's interval)."""
-    fixed = stats.Draws(stats.Draws.make(len(gen), 1, draws, seed).gen_counts, np.ones((draws, len(ref)), dtype=int))
+    fixed = stats.Draws.fixed_reference(len(gen), len(ref), draws, seed)
     boot = stats.bootstrap_metrics(gen, stats.Reference(ref, fixed), metrics=("fid",))["fid"]
     return stats.Z95 * float(np.std(boot, ddof=1))
 
