@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
     sweep.add_argument("--rerun-stale", action="store_true",
                        help="rerun cells stored by an older version of their technique (its source changed)")
-    sweep.add_argument("--report", type=Path, help="report file (default: reports/<name>.html)")
+    sweep.add_argument("--report", type=Path, help="report file (default: reports/<name>.html for the config's own "
+                       "store; beside the store, <results>/<name>.html, when --results or the config's results "
+                       "points elsewhere)")
     sweep.add_argument("--executor", choices=cfg.EXECUTORS, help="override executor.kind: inline (default), process "
                        "(fresh process per cell) or ray")
     sweep.add_argument("--timeout", type=float, metavar="SECONDS", help="override executor.timeout_s (process/ray)")
@@ -84,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
                               "precision:-X, recall:-X (B decided worse by more than X)")
     compare.add_argument("--html", type=Path, help="also write the table as an HTML file")
     compare.add_argument("--draws", type=int, default=500, help="bootstrap draws (default 500)")
+
+    machines = sub.add_parser(
+        "machines", help="list the machines whose measurements a results store holds",
+        description="One line per machine fingerprint (CPU, visible cores, memory, GPUs, torch build) found in the "
+                    "stores: its id, how many cells it measured and when. Costs are keyed by machine: a sweep on a "
+                    "new machine measures its own.")
+    machines.add_argument("results", type=Path, nargs="+", help="stores, or folders of stores")
 
     sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions")
 
@@ -148,12 +157,37 @@ def _sweep(args: argparse.Namespace) -> int:
     df = store.load(config.store_path)
     print("\n" + report.summary_table(df))
     # an unchanged store, options and code leave the report as it is (an unchanged rerun stays fast)
-    out = report.write(config.store_path, args.report or Path("reports") / f"{config.name}.html",
-                       f"bench sweep '{config.name}'", skip_unchanged=True)
+    out = report.write(config.store_path, args.report or report_path(config), f"bench sweep '{config.name}'",
+                       skip_unchanged=True)
     failed = sum(r["status"] == "failed" for r in records)
     print(f"\n{len(records)} cells ({failed} failed) in {time.perf_counter() - start:.0f} s; "
           f"store {config.store_path}; report {out}")
     return EXIT_CELLS_FAILED if failed else 0
+
+
+def report_path(config) -> Path:
+    """Where a sweep's report goes unless --report says: the checkout's reports/ for a store under the default
+    results root, else beside the store, so a sweep into another folder never rewrites a tracked report."""
+    from bench import config as cfg
+
+    if Path(config.results) == Path(cfg.SweepConfig().results):
+        return Path("reports") / f"{config.name}.html"
+    return Path(config.results) / f"{config.name}.html"
+
+
+def _machines(args: argparse.Namespace) -> int:
+    from bench import machine, report
+
+    df = report.load_stores(args.results, keep_superseded=True)
+    if df.empty:
+        raise UserError(f"no records in {', '.join(map(str, args.results))}")
+    for machine_id, rows in df.groupby("machine", sort=True):
+        prints = [f for f in rows["fingerprint"] if isinstance(f, dict)]
+        what = machine.describe(prints[-1]) if prints else "recorded before fingerprints: CPU model and count only"
+        ok = int((rows["status"] == "ok").sum())
+        print(f"{machine_id}\n    {what}\n    {len(rows)} cells ({ok} ok), written {rows['written_at'].min()} … "
+              f"{rows['written_at'].max()}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -276,5 +310,6 @@ def _derive_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "compare": _compare, "techniques": _techniques,
+_COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "compare": _compare, "machines": _machines,
+             "techniques": _techniques,
              "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist}

@@ -34,7 +34,7 @@ from bench.errors import UserError
 from bench.store import load_features
 
 DRAWS = 500  # bootstrap draws: the standard error of a 95% half-width is ≈ 3% at 500
-HARDWARE_AXES = ("device", "dtype", "threads", "compile", "batch")
+HARDWARE_AXES = ("device", "dtype", "threads", "compile", "batch", "machine")
 
 
 def _cache_dir() -> Path:
@@ -176,7 +176,7 @@ def label(row: Any) -> str:
 
 def _hardware(row: Any) -> str:
     return f"{row.get('device')}/{row.get('dtype')}/{row.get('threads')}t/b{row.get('batch')}" + (
-        "/compiled" if row.get("compile") is True else "")
+        "/compiled" if row.get("compile") is True else "") + f" @ {row.get('machine')}"
 
 
 def _latencies(row: Any) -> list[float] | None:

@@ -52,6 +52,8 @@ class LatencyConfig:
     min_repeats: int = knob(3, "at least this many timed batches")
     min_seconds: float = knob(1.0, "and at least this much timed time")
     denoiser_repeats: int = knob(10, "timed calls of the denoiser alone")
+    remeasure: int = knob(2, "times an unstable or contended timing is re-measured before it is stored flagged "
+                             "latency_suspect (bench/measure/noise.py has the rule)")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class SweepConfig:
     model: ModelConfig = knob(ModelConfig(), "the base model")
     quality: QualityConfig = knob(QualityConfig(), "quality metrics")
     latency: LatencyConfig = knob(LatencyConfig(), "latency sampling")
-    hardware: HardwareConfig = knob(HardwareConfig(), "hardware axes")
+    hardware: list[HardwareConfig] = knob([HardwareConfig()], "hardware axes: one [hardware] table, or several "
+                                          "[[hardware]] grids whose cells are joined (e.g. compile only at batch 1)")
     technique: list[TechniqueConfig] = knob([], "one [[technique]] table per technique entry")
     executor: ExecutorConfig = knob(ExecutorConfig(), "where cells run")
 
@@ -133,6 +136,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(hint)
         if dataclasses.is_dataclass(item):
+            if isinstance(value, dict) and where == "hardware":  # one [hardware] table: a single grid
+                return [_build(item, value, f"{where}.")]
             if not isinstance(value, list):
                 raise UserError(f"config: '{where}' must be an array of tables ([[{where}]])")
             return [_build(item, v, f"{where}[{i}].") for i, v in enumerate(value)]
@@ -153,24 +158,17 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def validate(config: SweepConfig) -> None:
     """Reject bad values, naming the key. Technique names and parameters are checked in ``sweep.expand``."""
-    hw, q = config.hardware, config.quality
-    for dev in hw.device:
-        if dev != "cpu" and not (dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise UserError(f"config: hardware.device {dev!r} is not cpu, cuda or cuda:N")
-        # on Ray the cluster's nodes run the cells, so the driver need not have the device itself
-        if dev.startswith("cuda") and not torch.cuda.is_available() and config.executor.kind != "ray":
-            raise UserError(f"config: hardware.device {dev!r} is not present on this machine (no CUDA device)")
-    for dtype in hw.dtype:
-        if dtype not in DTYPES:
-            raise UserError(f"config: hardware.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    _positive("hardware.threads", hw.threads)
-    _positive("hardware.batch", hw.batch)
+    q = config.quality
+    for i, hw in enumerate(config.hardware):
+        _validate_hardware(config, hw, "hardware" if len(config.hardware) == 1 else f"hardware[{i}]")
     _positive("quality.n_samples", [q.n_samples])
     _positive("quality.reference_n", [q.reference_n])
     _positive("latency.min_repeats", [config.latency.min_repeats])
     _positive("latency.denoiser_repeats", [config.latency.denoiser_repeats])
     if q.bootstrap < 0:
         raise UserError("config: quality.bootstrap must be ≥ 0")
+    if config.latency.remeasure < 0:
+        raise UserError("config: latency.remeasure must be ≥ 0")
     from bench import data
 
     try:
@@ -199,6 +197,20 @@ def validate(config: SweepConfig) -> None:
         raise UserError(f"config: name {config.name!r} must be a plain folder name")
 
 
+def _validate_hardware(config: SweepConfig, hw: HardwareConfig, where: str) -> None:
+    for dev in hw.device:
+        if dev != "cpu" and not (dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise UserError(f"config: {where}.device {dev!r} is not cpu, cuda or cuda:N")
+        # on Ray the cluster's nodes run the cells, so the driver need not have the device itself
+        if dev.startswith("cuda") and not torch.cuda.is_available() and config.executor.kind != "ray":
+            raise UserError(f"config: {where}.device {dev!r} is not present on this machine (no CUDA device)")
+    for dtype in hw.dtype:
+        if dtype not in DTYPES:
+            raise UserError(f"config: {where}.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    _positive(f"{where}.threads", hw.threads)
+    _positive(f"{where}.batch", hw.batch)
+
+
 def _positive(where: str, values: list[int]) -> None:
     for v in values:
         if v <= 0:
@@ -212,6 +224,11 @@ def describe(cls: type = SweepConfig, prefix: str = "") -> list[str]:
         hint = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(hint):
             lines += describe(hint, f"{prefix}{f.name}.")
+            continue
+        item = (typing.get_args(hint) or (None,))[0]
+        if f.name == "hardware" and dataclasses.is_dataclass(item):
+            lines.append(f"  {prefix}{f.name}: {f.metadata.get('doc', '')}")
+            lines += describe(item, f"{prefix}{f.name}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lines.append(f"  {prefix}{f.name} = {default!r}: {f.metadata.get('doc', '')}")

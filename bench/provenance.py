@@ -15,13 +15,15 @@ _PACKAGES = ("bench", "torch", "torchvision", "diffusers", "fvcore", "torch-fide
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the checkout bench runs from, with '+dirty' when it has uncommitted changes."""
+    """The commit of the checkout bench runs from, with '+dirty' when it has uncommitted changes — to anything but
+    the harness's own outputs (``results/``, ``reports/``), which a sweep writes as it goes."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)reports"], cwd=root,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

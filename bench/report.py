@@ -25,7 +25,7 @@ import pandas as pd
 from bench import store
 from bench.errors import UserError
 
-HARDWARE = ["device", "dtype", "threads", "compile", "batch"]
+HARDWARE = ["machine", "device", "dtype", "threads", "compile", "batch"]
 # cost column → (axis label, scale from the stored unit to the plotted one)
 COST_AXES = {
     "flops_per_image": ("MFLOPs per image (FLOPs = 2×MACs)", 1e-6),
@@ -189,9 +189,13 @@ class Verdicts:
 
 
 def hardware_labels(df: pd.DataFrame) -> pd.Series:
-    """One readable label per row for its hardware group, e.g. ``cpu · float32 · 2 threads · batch 100 · eager``."""
+    """One readable label per row for its hardware group, e.g. ``cpu · float32 · 2 threads · batch 100 · eager``,
+    prefixed by the machine where the rows come from several."""
+    several = "machine" in df and df["machine"].nunique() > 1
+
     def label(row: pd.Series) -> str:
-        return (f"{row.get('device')} · {row.get('dtype')} · {row.get('threads')} threads · batch {row.get('batch')}"
+        return ((f"{row.get('machine')} · " if several else "") +
+                f"{row.get('device')} · {row.get('dtype')} · {row.get('threads')} threads · batch {row.get('batch')}"
                 f" · {'compiled' if row.get('compile') is True else 'eager'}")
 
     return df.apply(label, axis=1) if len(df) else pd.Series(dtype=str)
@@ -269,6 +273,19 @@ def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
         if len(ns) > 1:
             notes.append("Rows differ in N generated: their FIDs are not directly comparable (the paired Δ columns "
                          "compare two cells over the seeds both generated).")
+    if "latency_suspect" in ok and ok["latency_suspect"].notna().any():
+        flagged = ok[ok["latency_suspect"].notna()]
+        notes.append(f"{len(flagged)} cell(s) have a suspect timing (still contended or unstable after "
+                     "re-measuring; marked in the table): " + "; ".join(
+                         f"{r['technique']} steps={r['steps']}: {r['latency_suspect']}" for _, r in flagged.iterrows()))
+    if "machine" in ok and ok["machine"].nunique() > 1:
+        notes.append(f"The cells come from {ok['machine'].nunique()} machines ({', '.join(sorted(ok['machine'].unique()))}"
+                     "): each has its own fronts; costs compare within a machine, and across machines only in the "
+                     "machine-vs-machine table.")
+    legacy = ok["machine"].astype(str).str.startswith("unfingerprinted") if "machine" in ok else pd.Series(False)
+    if legacy.any():
+        notes.append(f"{int(legacy.sum())} cell(s) were recorded before machines were fingerprinted: their machine is "
+                     "known only by CPU model and core count.")
     if df.attrs.get("superseded"):
         notes.append(f"{df.attrs['superseded']} cell(s) stored at a smaller N are not shown: the same cells extended "
                      "to more seeds are.")
@@ -320,6 +337,12 @@ def summary_table(df: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
         "J/img": (ok["energy_kwh_per_image"] * 3.6e6).map(lambda v: f"{v:.3g}"),
         "RSS MiB": ok["peak_rss_mib"].round(0).astype(int),
     })
+    suspect = ok.get("latency_suspect", pd.Series(index=ok.index, dtype=object))
+    if suspect.notna().any():
+        table["timing"] = ["SUSPECT" if isinstance(v, str) else "" for v in suspect]
+        return table.to_string(index=False) + "\n\nSUSPECT timings (contended or unstable after re-measuring):\n" + \
+            "\n".join(f"  {label} steps={steps}: {why}" for label, steps, why in
+                      zip(ok["label"], ok["steps"], suspect, strict=True) if isinstance(why, str))
     return table.to_string(index=False)
 
 
@@ -529,6 +552,7 @@ _CELL_COLUMNS: list[tuple[str, str, Any, str | None]] = [
     ("params_total", "network parameters", lambda v: f"{v:,.0f}", None),
     ("energy_kwh_per_image", "J / image", lambda v: f"{v * 3.6e6:.3g}", None),
     ("peak_rss_mib", "peak RSS MiB", lambda v: f"{v:.0f}", None),
+    ("fraction_of_peak", "% of peak FLOP/s", lambda v: f"{100 * v:.1f}", None),
     ("cuda_max_allocated_mib", "CUDA alloc MiB", lambda v: f"{v:.0f}", None),
     ("hardware", "hardware", str, None),
     ("status", "status", str, None),
@@ -574,6 +598,8 @@ def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None
             note = f"quality reused from {r['quality_reused_from']}"
         if stale.get(idx, False):
             note = (note + "; " if note else "") + "stale: older technique version"
+        if isinstance(r.get("latency_suspect"), str):
+            note = (note + "; " if note else "") + f"⚠ suspect timing: {r['latency_suspect']}"
         notes.append(note or None)
     view["note"] = notes
     cols = [c for c in _CELL_COLUMNS if c[0] in view and view[c[0]].notna().any()]
@@ -692,6 +718,83 @@ def technique_sections(df: pd.DataFrame, against: pd.DataFrame | None = None,
     return "\n".join(out) or "<p>No technique contributed a section.</p>"
 
 
+def machine_speedups(ok: pd.DataFrame) -> pd.DataFrame:
+    """Every cell measured on more than one machine: its time on the machine that measured most cells (A) and on
+    each other machine (B), and B's speedup over A with a 95% interval (bootstrap of each side's raw batch times)."""
+    from bench import stats
+    from bench.compare import _latencies, label, match_key
+
+    columns = ["cell", "hardware", "machine A", "A ms / image", "machine B", "B ms / image", "speedup of B",
+               "95% interval", "verdict"]
+    if "machine" not in ok or ok["machine"].nunique() < 2:
+        return pd.DataFrame(columns=columns)
+    # A: the machine with the most cells; on a tie, the one that measured first
+    order = ok.groupby("machine").agg(n=("spec_hash", "size"), first=("written_at", "min"))
+    base = order.assign(neg=-order["n"]).sort_values(["neg", "first"]).index[0]
+    hw = hardware_labels(ok.drop(columns="machine"))
+    rows = []
+    for _, group in ok.groupby(ok.apply(lambda r: match_key(r, ("machine",)), axis=1), sort=False):
+        a_rows = group[group["machine"] == base]
+        if a_rows.empty:
+            continue
+        a = a_rows.iloc[0]
+        for _, b in group[group["machine"] != base].iterrows():
+            la, lb = _latencies(a), _latencies(b)
+            if not (la and lb):
+                continue
+            ratio, low, high = stats.median_ratio(la, lb)  # B's time over A's: the speedup is its inverse
+            rows.append([label(a), hw[a.name], base, a["latency_per_image_ms"], b["machine"],
+                         b["latency_per_image_ms"], 1 / ratio, f"[{1 / high:.2f}, {1 / low:.2f}]",
+                         "faster" if high < 1 else "slower" if low > 1 else "undecided"])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def roofline_groups(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per machine × device × dtype × threads: the measured ceilings and how much of the peak the cells reached."""
+    if "achieved_flops_per_s" not in ok or ok["achieved_flops_per_s"].isna().all():
+        return pd.DataFrame()
+    rows = []
+    for (machine, device, dtype, threads), g in ok[ok["achieved_flops_per_s"].notna()].groupby(
+            ["machine", "device", "dtype", "threads"]):
+        frac = g["fraction_of_peak"]
+        rows.append({"machine": machine, "device": device, "dtype": dtype, "threads": threads,
+                     "peak GFLOP/s": g["peak_flops_per_s"].iloc[0] / 1e9, "peak from": g["peak_source"].iloc[0],
+                     "bandwidth GB/s": g["bandwidth_bytes_per_s"].iloc[0] / 1e9, "cells": len(g),
+                     "median % of peak": 100 * frac.median(), "best % of peak": 100 * frac.max()})
+    return pd.DataFrame(rows)
+
+
+def roofline_figure(ok: pd.DataFrame, palette: dict[str, tuple[Any, str]]) -> Any:
+    """Achieved FLOP/s of every cell against the work of one network call (batch × FLOPs per call, a proxy for
+    arithmetic intensity at these sizes), one panel per machine × device × dtype × threads, the peak dashed."""
+    plt = _pyplot()
+    rows = ok[ok["achieved_flops_per_s"].notna() & (ok["flops_per_call"] > 0)]
+    groups = list(rows.groupby(["machine", "device", "dtype", "threads"]))
+    ncols = min(3, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, ((machine, device, dtype, threads), g) in zip(axes.ravel(), groups, strict=False):
+        for series, r in g.groupby("series"):
+            color, marker = palette[series]
+            ax.scatter(r["batch"] * r["flops_per_call"], r["achieved_flops_per_s"] / 1e9, color=color,
+                       marker=marker, s=28, label=series, edgecolor="k", linewidth=0.3)
+        peak = g["peak_flops_per_s"].iloc[0] / 1e9
+        ax.axhline(peak, color="k", linestyle="--", linewidth=1)
+        ax.text(0.02, 0.97, f"peak {peak:.0f} GFLOP/s ({g['peak_source'].iloc[0]})", transform=ax.transAxes,
+                va="top", fontsize=7)
+        ax.set(xscale="log", yscale="log", xlabel="FLOPs per network call (batch × per image)",
+               ylabel="achieved GFLOP/s", title=f"{machine}\n{device} · {dtype} · {threads} threads")
+        ax.title.set_fontsize(8)
+        ax.set_ylim(top=peak * 2)
+    for ax in list(axes.ravel())[len(groups):]:
+        ax.axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) // 4)))
+    fig.tight_layout()
+    return fig
+
+
 def provenance_block(df: pd.DataFrame, sources: Sequence[Path | str]) -> str:
     def distinct(col: str) -> str:
         if col not in df:
@@ -704,6 +807,7 @@ def provenance_block(df: pd.DataFrame, sources: Sequence[Path | str]) -> str:
     items = [
         ("results read", ", ".join(str(s) for s in sources)),
         ("git commit", distinct("prov_git_commit")),
+        ("machines", distinct("machine")),
         ("device", distinct("prov_device_name")),
         ("CPU", f"{distinct('prov_cpu_model')} ({distinct('prov_cpu_count')} cores visible)"),
         ("platform", f"{distinct('prov_platform')}, Python {distinct('prov_python')}"),
@@ -737,7 +841,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
              f"<p>{len(df)} cells: " + ", ".join(f"{n} {_esc(s)}" for s, n in sorted(counts.items())) +
              f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by <code>python -m bench report</code>.</p>",
              "<p class='toc'><a href='#fronts'>Pareto fronts</a><a href='#cells'>All cells</a>"
-             "<a href='#samples'>Samples</a><a href='#techniques'>Techniques</a><a href='#training'>Training cost</a>"
+             "<a href='#roofline'>Roofline</a><a href='#samples'>Samples</a><a href='#techniques'>Techniques</a><a href='#training'>Training cost</a>"
              "<a href='#provenance'>Provenance</a></p>"]
     notes = caveats(df, installed)
     if notes:
@@ -775,6 +879,21 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
                 body = f"<div class='fig'>{figure_svg(fig)}</div>"
                 parts.append(body if quality == "fid" else
                              f"<details><summary>{_esc(title_q)}</summary>{body}</details>")
+        speedups = machine_speedups(ok)
+        if not speedups.empty:
+            parts.append("<h2 id='machines'>Machine vs machine</h2><p>The same cell (technique, parameters, steps, "
+                         "hardware settings) timed on two machines: B's speedup over A (A = the machine with the "
+                         "most cells), with a 95% interval from a bootstrap of each side's raw batch times.</p>" +
+                         speedups.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3g}"))
+        ceilings = roofline_groups(ok)
+        if not ceilings.empty:
+            parts.append("<h2 id='roofline'>Achieved FLOP/s against the machine's peak</h2><p>Peak: the best of a "
+                         "dense matmul and a 3×3 convolution through torch on that machine, device, dtype and thread "
+                         "count (measured once per machine, cached); bandwidth: a large copy. Achieved: a cell's "
+                         "counted FLOPs per image over its latency per image. Tiny networks at small batch are "
+                         "bound by per-call overhead, far below the peak.</p>"
+                         f"<div class='fig'>{figure_svg(roofline_figure(ok, palette))}</div>" +
+                         ceilings.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3g}"))
     parts.append("<h2 id='cells'>All cells</h2><p>ΔFID vs reference: this cell minus the reference series "
                  f"({_esc(reference)}) at the same NFE and hardware, with its paired 95% interval and verdict "
                  "(better / worse / undecided); FID∞: FID extrapolated to infinitely many generated images from a "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import statistics
 import time
 from typing import Any
 
@@ -12,12 +14,15 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import config as cfg
+from bench import machine as machines
 from bench import registry, zoo
-from bench.measure import quality
+from bench.errors import UserError
+from bench.measure import quality, roofline
 from bench.measure.energy import EnergyMeter
 from bench.measure.flops import CallRecorder
 from bench.measure.latency import Latency, repeat_until, timed
 from bench.measure.memory import PeakMemory
+from bench.measure.noise import CpuMonitor, suspect_reasons
 from bench.model import load_denoiser
 from bench.provenance import provenance
 from bench.sampling import generators
@@ -26,10 +31,32 @@ from bench.sweep import Cell, base_recipe
 from bench.train import load_artifact
 
 FLOPS_UNIT = "FLOPs = 2 x MACs, fvcore with an SDPA handle, batch 1"
+DIGESTED_SEEDS = 100  # per-image digests kept for a record's first seeds: the evidence quality reuse is checked on
+MIN_PROBE_ACROSS_MACHINES = 8  # images another machine must reproduce byte for byte before its quality is reused
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def image_digests(images: torch.Tensor, first_seed: int) -> dict[str, Any]:
+    """Short sha256 of each uint8 image, with the seeds they belong to."""
+    shas = [hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest()[:16] for img in images]
+    return {"seeds": [first_seed, first_seed + len(shas)], "sha256": shas}
+
+
+def same_images(stored: dict[str, Any] | None, probe: dict[str, Any]) -> int:
+    """How many seeds both digest lists cover, when every one of them is byte-identical; 0 when any differs or
+    they share none."""
+    if not stored:
+        return 0
+    start = max(stored["seeds"][0], probe["seeds"][0])
+    stop = min(stored["seeds"][1], probe["seeds"][1])
+    if stop <= start:
+        return 0
+    a = stored["sha256"][start - stored["seeds"][0]:stop - stored["seeds"][0]]
+    b = probe["sha256"][start - probe["seeds"][0]:stop - probe["seeds"][0]]
+    return stop - start if a == b else 0
 
 
 def model_sources(technique: registry.Technique, params: Any, base: zoo.Recipe | None,
@@ -51,24 +78,32 @@ class CellRunner:
     def __init__(self, config: cfg.SweepConfig, store: Store, progress: bool = True) -> None:
         self.config, self.store, self.progress = config, store, progress
         self._models: dict[str, Any] = {}
-        self._quality: dict[str, tuple[dict[str, Any], str, str | None, dict[str, Any] | None]] = {}
+        self._quality: dict[str, list[dict[str, Any]]] = {}  # images key → stored sources of those images
         self._partial: dict[str, dict[str, Any]] = {}  # extension key → the stored record with the most seeds
         self._extractor: quality.Extractor | None = None
         self._reference: torch.Tensor | None = None
         self._reference_entry: dict[str, Any] | None = None
 
     def remember(self, cell: Cell, record: dict[str, Any]) -> None:
-        """Make a stored record's quality reusable by later cells that differ only in threads or batch, and its
-        features extendable by cells that ask for more seeds of the same images."""
+        """Make a stored record's quality reusable by later cells of the same images (other threads, batch or
+        machine; each proves its own images equal first), and its features extendable by cells that ask for more
+        seeds of the same images."""
         if record["status"] != "ok" or record["metrics"].get("quality_reused_from"):
             return
-        q = {k: record["metrics"].get(k) for k in _QUALITY_KEYS}
-        self._quality[cell.quality_key] = (q, cell.spec_hash, record.get("sample_grid"), record.get("features"))
+        source = {"quality": {k: record["metrics"].get(k) for k in _QUALITY_KEYS}, "spec_hash": cell.spec_hash,
+                  "grid": record.get("sample_grid"), "features": record.get("features"),
+                  "digests": record.get("image_digests"), "machine": cell.spec.get("machine")}
+        self._quality.setdefault(cell.images_key, []).append(source)
         generated = (record.get("features") or {}).get("generated")
         if generated:
             best = self._partial.get(cell.extension_key)
             if best is None or best["spec"]["n_samples"] < cell.spec["n_samples"]:
                 self._partial[cell.extension_key] = record
+
+    def _reuse_candidates(self, cell: Cell) -> list[dict[str, Any]]:
+        """Stored sources of this cell's images, this machine's first."""
+        here = cell.spec.get("machine")
+        return sorted(self._quality.get(cell.images_key, []), key=lambda c: c["machine"] != here)
 
     def _extension_for(self, cell: Cell) -> dict[str, Any] | None:
         """A stored record of the same images at fewer seeds, whose features this cell extends."""
@@ -79,7 +114,8 @@ class CellRunner:
 
     def failure(self, cell: Cell, error: str, trace: str | None = None) -> dict[str, Any]:
         return {"spec_hash": cell.spec_hash, "status": "failed", "error": error, "traceback": trace,
-                "spec": cell.spec, "provenance": provenance(cell.spec["device"])}
+                "spec": cell.spec, "machine": machines.machine_id(), "fingerprint": machines.fingerprint(),
+                "provenance": provenance(cell.spec["device"])}
 
     # -- loading --------------------------------------------------------------------------------------------------
     def _load(self, technique: registry.Technique, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -120,6 +156,10 @@ class CellRunner:
     def _run(self, cell: Cell) -> dict[str, Any]:
         s, lat = cell.spec, self.config.latency
         device, batch = s["device"], s["batch"]
+        here = machines.machine_id()
+        if s.get("machine") not in (None, here):
+            raise UserError(f"this cell's costs are for machine {s['machine']}, but it ran on {here}: run the sweep "
+                            "from a machine of the kind its workers are")
         technique = registry.get(s["technique"])
         params = technique.Params(**s["params"])
         t0 = time.perf_counter()
@@ -147,19 +187,22 @@ class CellRunner:
             with autocast:
                 return pipe.sample(generators(chunk), None)
 
-        # 2. First call at the real batch and step count: warm-up (and compilation), reported apart.
-        first_s, _ = timed(lambda: run_batch(seeds[:batch]), device)
+        # 2. First call at the real batch and step count: warm-up (and compilation), reported apart. Its images are
+        # the evidence that a stored cell's images are this cell's too.
+        first_s, warm = timed(lambda: run_batch(seeds[:batch]), device)
+        probe = image_digests(to_uint8(warm), s["seed"])
+        reuse, reuse_note = self._proven_source(cell, probe, run_batch, seeds)
 
-        # 3. Timed loop under the memory and energy meters; it generates the images quality is computed on (only
-        # the seeds a stored record of the same images lacks, when one exists).
-        reuse = self._quality.get(cell.quality_key)
+        # 3. Timed loop under the memory, energy and contention meters; it generates the images quality is computed
+        # on (only the seeds a stored record of the same images lacks, when one exists).
         extend = None if reuse else self._extension_for(cell)
         fresh = seeds[extend["spec"]["n_samples"]:] if extend else seeds
         recorder.reset()
         if pipe.observe is not None:
             pipe.observe()  # forget the probe and warm-up runs
         batch_times, images, n_timed_images, runs = [], [], 0, 0
-        with PeakMemory(device) as mem, EnergyMeter(self.config.energy_country, device.startswith("cuda")) as energy:
+        with PeakMemory(device) as mem, EnergyMeter(self.config.energy_country, device.startswith("cuda")) as energy, \
+                CpuMonitor() as load:
             starts = [] if reuse else range(0, len(fresh), batch)
             for start in tqdm(starts, desc="  generate", unit="batch", leave=False, disable=not self.progress):
                 chunk = fresh[start:start + batch]
@@ -173,27 +216,45 @@ class CellRunner:
                                        batch_times)
             extra_runs = len(batch_times) - generated_times
             n_timed_images, runs = n_timed_images + extra_runs * batch, runs + extra_runs
-        observations = pipe.observe() if pipe.observe is not None else {}
-        if sum(recorder.calls.values()) != nfe * runs:
-            raise RuntimeError(f"NFE differs between runs: {sum(recorder.calls.values())} calls in {runs} runs, "
-                               f"expected {nfe} per run")
+            # 4. The denoiser alone, at the cell's batch, on the inputs it first received (inside the contention
+            # meter: a disagreement between the two timings is one sign of a disturbed measurement).
+            observations = pipe.observe() if pipe.observe is not None else {}
+            if sum(recorder.calls.values()) != nfe * runs:
+                raise RuntimeError(f"NFE differs between runs: {sum(recorder.calls.values())} calls in {runs} "
+                                   f"runs, expected {nfe} per run")
+            recorder.remove()
+            denoiser_ms = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
 
-        # 4. The denoiser alone, at the cell's batch, on the inputs it first received.
-        denoiser_ms = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
-        recorder.remove()
+        # 5. A contended or unstable timing is measured again; one that stays so is stored flagged.
+        attempts = [{"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms, "load": load.result(),
+                     "reasons": suspect_reasons(batch_times, _expected_batch_s(calls_per_image, denoiser_ms),
+                                                load.result())}]
+        while attempts[-1]["reasons"] and len(attempts) <= lat.remeasure:
+            with CpuMonitor() as load:
+                times = repeat_until(lambda: run_batch(seeds[:batch]), device, lat.min_repeats, lat.min_seconds)
+                den = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
+            attempts.append({"latency_batch_s": times, "denoiser_call_s": den, "load": load.result(),
+                             "reasons": suspect_reasons(times, _expected_batch_s(calls_per_image, den),
+                                                        load.result())})
+        final = attempts[-1]
+        batch_times, denoiser_ms = final["latency_batch_s"], final["denoiser_call_s"]
 
-        # 5. Quality on the generated images (after the stored seeds' features, when extending), or reused from a
-        # cell that generated the same images.
+        # 6. Quality on the generated images (after the stored seeds' features, when extending), or reused from a
+        # cell whose images this cell reproduced.
         if reuse:
-            q, source, grid, features = reuse
-            q = {**q, "quality_reused_from": source,
-                 "quality_note": "images depend only on per-sample seeds; reused across threads/batch"}
+            q = {**reuse["quality"], "quality_reused_from": reuse["spec_hash"], "quality_note": reuse_note}
+            grid, features = reuse["grid"], reuse["features"]
+            digests = probe
         else:
             extractor, reference = self._quality_refs()
-            gen = quality.image_features(torch.cat(images), extractor) if images else torch.zeros(0, 0)
+            generated = torch.cat(images) if images else torch.zeros(0, 0)
+            gen = quality.image_features(generated, extractor) if images else torch.zeros(0, 0)
             if extend:
                 stored = torch.from_numpy(load_features(self.store.root, extend["features"]["generated"]))
                 gen = torch.cat([stored, gen]) if len(gen) else stored
+                digests = extend.get("image_digests")
+            else:
+                digests = image_digests(generated[:DIGESTED_SEEDS], s["seed"])
             q = quality.compute_from_features(gen, reference, s["bootstrap"], s["seed"])
             q.update(extractor=extractor.name, extractor_sha256=extractor.weights_sha256,
                      extractor_description=extractor.description, quality_reused_from=None,
@@ -205,17 +266,22 @@ class CellRunner:
                 grid = f"samples/{cell.spec_hash}.png"
                 self.store.save_file(grid, (self.store.root / extend["sample_grid"]).read_bytes())
             else:
-                grid = self.store.save_samples(cell.spec_hash, torch.cat(images))
-            self._quality[cell.quality_key] = ({k: q.get(k) for k in _QUALITY_KEYS}, cell.spec_hash, grid, features)
+                grid = self.store.save_samples(cell.spec_hash, generated)
+            self._quality.setdefault(cell.images_key, []).append(
+                {"quality": {k: q.get(k) for k in _QUALITY_KEYS}, "spec_hash": cell.spec_hash, "grid": grid,
+                 "features": features, "digests": digests, "machine": here})
 
         latency = Latency.from_values(batch_times)
         main = "model" if "model" in denoiser_ms else next(iter(denoiser_ms))
         den = Latency.from_values(denoiser_ms[main])
+        flops_per_image = sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image)
+        expected = _expected_batch_s(calls_per_image, denoiser_ms)
+        ceilings = roofline.peak(here, device, s["dtype"], s["threads"])  # cached per machine after the first
         metrics = {
             "params_total": sum(p.numel() for n in pipe.networks.values() for p in n.parameters()),
             "nfe": nfe, "nfe_by_network": calls_per_image,
             "flops_per_call": flops_per_call.get(main), "flops_per_call_by_network": flops_per_call,
-            "flops_per_image": sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image),
+            "flops_per_image": flops_per_image,
             "flops_unit": FLOPS_UNIT,
             "setup_s": setup_s, "first_call_s": first_s,
             "latency_per_image_ms": latency.median_s / batch * 1e3,
@@ -224,14 +290,41 @@ class CellRunner:
             "latency_count": latency.count,
             "denoiser_call_median_ms": den.median_s * 1e3, "denoiser_call_mad_ms": den.mad_s * 1e3,
             "denoiser_call_count": den.count,
+            "sampler_over_denoiser": latency.median_s / expected if expected else None,
+            "latency_suspect": "; ".join(final["reasons"]) or None, "latency_attempts": len(attempts),
+            "others_cpu_cores": final["load"].get("others_cpu_cores"),
+            "steal_fraction": final["load"].get("steal_fraction"), "loadavg_1m": final["load"].get("loadavg_1m"),
+            **roofline.achieved(flops_per_image, latency.median_s / batch, ceilings),
             "torch_threads": torch.get_num_threads(),
             "timed_images": n_timed_images,
             **mem.result(), **energy.result(n_timed_images), **q,
         }
         return {"spec_hash": cell.spec_hash, "status": "ok", "spec": s, "metrics": metrics,
-                "raw": {"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms},
+                "raw": {"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms,
+                        "latency_attempts": attempts[:-1]},
                 "info": pipe.info, "observations": observations, "artifacts": artifacts, "features": features,
-                "technique_version": technique.version(), "sample_grid": grid, "provenance": provenance(device)}
+                "image_digests": digests, "machine": here, "fingerprint": machines.fingerprint(),
+                "roofline": ceilings, "technique_version": technique.version(), "sample_grid": grid,
+                "provenance": provenance(device)}
+
+    def _proven_source(self, cell: Cell, probe: dict[str, Any], run_batch: Any,
+                       seeds: list[int]) -> tuple[dict[str, Any] | None, str | None]:
+        """A stored source of this cell's images whose digests the probe reproduces (another machine's only on
+        at least ``MIN_PROBE_ACROSS_MACHINES`` images), and the note saying how it was decided."""
+        here = cell.spec.get("machine")
+        for source in self._reuse_candidates(cell):
+            across = source["machine"] != here
+            evidence = probe
+            if across and probe["seeds"][1] - probe["seeds"][0] < MIN_PROBE_ACROSS_MACHINES:
+                extra = seeds[:MIN_PROBE_ACROSS_MACHINES]
+                evidence = image_digests(to_uint8(run_batch(extra)), extra[0])
+            matched = same_images(source["digests"], evidence)
+            if matched and (not across or matched >= MIN_PROBE_ACROSS_MACHINES):
+                where = f" on machine {source['machine']}" if across else ""
+                return source, (f"same images: seeds {evidence['seeds'][0]}–{evidence['seeds'][0] + matched - 1} "
+                                f"regenerated here are byte-identical (uint8) to those of {source['spec_hash']}"
+                                f"{where}; quality reused")
+        return None, None
 
     def _time_networks(self, networks, first_inputs, batch, device, autocast) -> dict[str, list[float]]:
         out = {}
@@ -247,6 +340,13 @@ class CellRunner:
             timed(call, device)  # warm
             out[name] = repeat_until(call, device, reps, 0.0)
         return out
+
+
+def _expected_batch_s(calls_per_image: dict[str, int], denoiser_s: dict[str, list[float]]) -> float | None:
+    """What a sampler batch should cost from its network calls alone: Σ calls × the network's median time."""
+    if not all(k in denoiser_s for k in calls_per_image):
+        return None
+    return sum(n * statistics.median(denoiser_s[k]) for k, n in calls_per_image.items()) or None
 
 
 _QUALITY_KEYS = ("fid", "fid_ci_low", "fid_ci_high", "fid_bootstrap_se", "kid", "kid_std", "precision", "recall",

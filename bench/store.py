@@ -214,6 +214,11 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
            "technique_version": record.get("technique_version"), "sample_grid": record.get("sample_grid"),
            **spec, "params": json.dumps(params, sort_keys=True)}
     row.update({f"param_{k}": v for k, v in params.items()})
+    if not row.get("machine"):  # recorded before machines were fingerprinted
+        from bench.machine import legacy_id
+
+        row["machine"] = legacy_id(record.get("provenance"))
+    row["fingerprint"] = record.get("fingerprint")
     row.update(record.get("metrics", {}) or {})
     row.update({f"prov_{k}": v for k, v in (record.get("provenance") or {}).items() if k != "versions"})
     row.update({f"version_{k}": v for k, v in ((record.get("provenance") or {}).get("versions") or {}).items()})

@@ -19,9 +19,12 @@ from bench import recipes, registry
 from bench.errors import UserError
 from bench.store import Store, is_stale
 
-# Hardware axes that cannot change which images a seed gives (per-sample RNG): quality is computed once and reused
-# across them. Device, dtype and compile change numerics, so each gets its own quality.
+# Hardware axes that should not change which images a seed gives (per-sample RNG): quality is computed once and
+# reused across them — after the reusing cell's own warm-up images proved byte-identical to the stored ones. Device,
+# dtype and compile change numerics, so each gets its own quality.
 QUALITY_INVARIANT_AXES = ("threads", "batch")
+# Another machine may give other images (other kernels, other BLAS): its quality is reused only on the same proof.
+IMAGE_AXES = (*QUALITY_INVARIANT_AXES, "machine")
 # With per-seed RNG the first N images of a cell are the same at any larger N: a stored cell extends to more seeds.
 EXTENSION_AXES = (*QUALITY_INVARIANT_AXES, "n_samples")
 
@@ -41,6 +44,11 @@ class Cell:
     @property
     def quality_key(self) -> str:
         return self._key_without(QUALITY_INVARIANT_AXES)
+
+    @property
+    def images_key(self) -> str:
+        """Cells with this key should give the same images, on any machine."""
+        return self._key_without(IMAGE_AXES)
 
     @property
     def extension_key(self) -> str:
@@ -102,12 +110,22 @@ def expand_params(technique: registry.Technique, entry: cfg.TechniqueConfig, whe
             for combo in itertools.product(*(entry.params[k] for k in names))]
 
 
-def expand(config: cfg.SweepConfig) -> list[Cell]:
-    """Every cell of the sweep, validated (unknown techniques, parameters and step counts fail here)."""
+def hardware_points(config: cfg.SweepConfig) -> list[tuple[str, str, int, bool, int]]:
+    """(device, dtype, threads, compile, batch) of every [[hardware]] grid, each point once, in config order."""
+    points = [p for hw in config.hardware
+              for p in itertools.product(hw.device, hw.dtype, hw.threads, hw.compile, hw.batch)]
+    return list(dict.fromkeys(points))
+
+
+def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
+    """Every cell of the sweep, validated (unknown techniques, parameters and step counts fail here), measured on
+    ``machine`` (default: this one, ``bench.machine.machine_id()``)."""
+    from bench.machine import machine_id
+
+    machine = machine or machine_id()
     base = base_recipe(config)
     schedule = base.schedule if base else {}
     model_id = {"recipe": base.name, "recipe_key": base.key} if base else {"pretrained": config.model.pretrained}
-    hw = config.hardware
     q = config.quality
     cells = []
     for i, entry in enumerate(config.technique):
@@ -120,11 +138,12 @@ def expand(config: cfg.SweepConfig) -> list[Cell]:
                 except ValueError as exc:
                     raise UserError(f"config: {where}.steps {steps} {exc} for technique {entry.name!r}") from None
             extra = {k: r.key for k, r in technique.artifacts(params, base).items()}
-            for steps, device, dtype, threads, compiled, batch in itertools.product(
-                    entry.steps, hw.device, hw.dtype, hw.threads, hw.compile, hw.batch):
+            for steps, (device, dtype, threads, compiled, batch) in itertools.product(
+                    entry.steps, hardware_points(config)):
                 cells.append(Cell({
                     "technique": entry.name, "params": dataclasses.asdict(params), "steps": steps,
                     "device": device, "dtype": dtype, "threads": threads, "compile": compiled, "batch": batch,
+                    "machine": machine,
                     "n_samples": entry.n_samples or q.n_samples, "seed": q.seed,
                     "dataset": config.model.dataset, "resolution": config.model.resolution,
                     "model": model_id, "artifacts": extra, "extractor": q.extractor,
@@ -174,12 +193,14 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
             executor.remember(cell, existing)
         records[cell.spec_hash] = existing
 
-    # stored cells of the same images at fewer seeds (an earlier, smaller N): the new cells generate only the seeds
-    # those lack
-    wanted_keys = {cell.extension_key: cell.spec["n_samples"] for cell in todo}
-    for existing in _extendable(store, versions) if todo else []:
+    # stored cells of the same images at fewer seeds (an earlier, smaller N: the new cells generate only the seeds
+    # those lack), or measured on another machine (their quality is reused once this machine's images prove equal)
+    wanted_n = {cell.extension_key: cell.spec["n_samples"] for cell in todo}
+    wanted_images = {cell.images_key for cell in todo}
+    for existing in _reusable(store, versions) if todo else []:
         source = Cell(existing["spec"])
-        if source.spec["n_samples"] < wanted_keys.get(source.extension_key, 0):
+        if (source.spec["n_samples"] < wanted_n.get(source.extension_key, 0)
+                or (source.images_key in wanted_images and existing.get("image_digests"))):
             executor.remember(source, existing)
 
     started: dict[str, float] = {}
@@ -208,7 +229,7 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
     return [records[c.spec_hash] for c in cells if c.spec_hash in records]
 
 
-def _extendable(store: Store, versions: dict[str, str]) -> list[dict[str, Any]]:
+def _reusable(store: Store, versions: dict[str, str]) -> list[dict[str, Any]]:
     """Stored ok records with features, recorded by the installed version of their technique."""
     import warnings
 
