@@ -2,7 +2,8 @@
 
     python tests/report_screenshots.py reports/default.html reports/screenshots/default
 
-writes <prefix>-page.png (the whole page) and one PNG per section (fronts, samples, techniques, training, provenance).
+writes <prefix>-page.png (the whole page) and one PNG per section the report has (fronts, machines, roofline, samples,
+techniques, training, provenance).
 Needs Chromium + ChromeDriver (bash tests/install-browser.sh) and selenium (the test extra).
 """
 
@@ -35,8 +36,10 @@ def main() -> None:
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(args.width, height)
         driver.save_screenshot(f"{args.prefix}-page.png")
-        for section in ("fronts", "samples", "techniques", "training", "provenance"):
+        for section in ("fronts", "machines", "roofline", "samples", "techniques", "training", "provenance"):
             # a section: its heading plus everything up to the next h2, wrapped for a screenshot
+            if not driver.execute_script("return document.getElementById(arguments[0]) !== null", section):
+                continue
             driver.execute_script("""
                 const h = document.getElementById(arguments[0]); const box = document.createElement('div');
                 box.id = 'shot-' + arguments[0]; h.parentNode.insertBefore(box, h);
