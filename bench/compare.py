@@ -179,7 +179,7 @@ def _hardware(row: Any) -> str:
         "/compiled" if row.get("compile") is True else "") + f" @ {row.get('machine')}"
 
 
-def _latencies(row: Any) -> list[float] | None:
+def raw_latencies(row: Any) -> list[float] | None:
     raw = row.get("raw")
     values = raw.get("latency_batch_s") if isinstance(raw, dict) else None
     return list(values) if values else None
@@ -191,7 +191,7 @@ def compare_cells(a: pd.Series, b: pd.Series, comparer: Comparer | None = None) 
     comparer = comparer or Comparer()
     out: dict[str, Any] = {"cell": label(a), "a": a["spec_hash"], "b": b["spec_hash"], "hardware_a": _hardware(a),
                            "hardware_b": _hardware(b)}
-    la, lb = _latencies(a), _latencies(b)
+    la, lb = raw_latencies(a), raw_latencies(b)
     if la and lb:
         ratio, low, high = stats.median_ratio(la, lb)
         out.update(latency_ratio=ratio, latency_low=low, latency_high=high,

@@ -101,20 +101,21 @@ class _Workers:
 
     def __init__(self, config: cfg.SweepConfig) -> None:
         self.config = config
-        self.prior: dict[str, tuple[Cell, dict[str, Any]]] = {}
+        self.prior: dict[str, list[tuple[Cell, dict[str, Any]]]] = {}  # images key → sources, as CellRunner keeps
         self.partial: dict[str, tuple[Cell, dict[str, Any]]] = {}
 
     def remember(self, cell: Cell, record: dict[str, Any]) -> None:
         if record.get("status") == "ok" and not (record.get("metrics") or {}).get("quality_reused_from"):
-            self.prior.setdefault(cell.quality_key, (cell, record))
+            self.prior.setdefault(cell.images_key, []).append((cell, record))
             best = self.partial.get(cell.extension_key)
             if (record.get("features") or {}).get("generated") and (
                     best is None or best[0].spec["n_samples"] < cell.spec["n_samples"]):
                 self.partial[cell.extension_key] = (cell, record)
 
     def prior_for(self, cell: Cell) -> Prior:
-        """The stored records a fresh worker may reuse (same images) or extend (fewer seeds), with their files."""
-        found = [self.prior[cell.quality_key]] if cell.quality_key in self.prior else []
+        """The stored records a fresh worker may reuse (same images, on any machine: the worker checks the proof) or
+        extend (fewer seeds), with their files."""
+        found = list(self.prior.get(cell.images_key, []))
         partial = self.partial.get(cell.extension_key)
         if not found and partial and partial[0].spec["n_samples"] < cell.spec["n_samples"]:
             source, record = partial

@@ -279,7 +279,8 @@ def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
                      "re-measuring; marked in the table): " + "; ".join(
                          f"{r['technique']} steps={r['steps']}: {r['latency_suspect']}" for _, r in flagged.iterrows()))
     if "machine" in ok and ok["machine"].nunique() > 1:
-        notes.append(f"The cells come from {ok['machine'].nunique()} machines ({', '.join(sorted(ok['machine'].unique()))}"
+        names = ", ".join(sorted(ok["machine"].unique()))
+        notes.append(f"The cells come from {ok['machine'].nunique()} machines ({names}"
                      "): each has its own fronts; costs compare within a machine, and across machines only in the "
                      "machine-vs-machine table.")
     legacy = ok["machine"].astype(str).str.startswith("unfingerprinted") if "machine" in ok else pd.Series(False)
@@ -722,7 +723,7 @@ def machine_speedups(ok: pd.DataFrame) -> pd.DataFrame:
     """Every cell measured on more than one machine: its time on the machine that measured most cells (A) and on
     each other machine (B), and B's speedup over A with a 95% interval (bootstrap of each side's raw batch times)."""
     from bench import stats
-    from bench.compare import _latencies, label, match_key
+    from bench.compare import label, match_key, raw_latencies
 
     columns = ["cell", "hardware", "machine A", "A ms / image", "machine B", "B ms / image", "speedup of B",
                "95% interval", "verdict"]
@@ -739,7 +740,7 @@ def machine_speedups(ok: pd.DataFrame) -> pd.DataFrame:
             continue
         a = a_rows.iloc[0]
         for _, b in group[group["machine"] != base].iterrows():
-            la, lb = _latencies(a), _latencies(b)
+            la, lb = raw_latencies(a), raw_latencies(b)
             if not (la and lb):
                 continue
             ratio, low, high = stats.median_ratio(la, lb)  # B's time over A's: the speedup is its inverse
@@ -841,7 +842,8 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
              f"<p>{len(df)} cells: " + ", ".join(f"{n} {_esc(s)}" for s, n in sorted(counts.items())) +
              f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by <code>python -m bench report</code>.</p>",
              "<p class='toc'><a href='#fronts'>Pareto fronts</a><a href='#cells'>All cells</a>"
-             "<a href='#roofline'>Roofline</a><a href='#samples'>Samples</a><a href='#techniques'>Techniques</a><a href='#training'>Training cost</a>"
+             "<a href='#roofline'>Roofline</a><a href='#samples'>Samples</a><a href='#techniques'>Techniques</a>"
+             "<a href='#training'>Training cost</a>"
              "<a href='#provenance'>Provenance</a></p>"]
     notes = caveats(df, installed)
     if notes:

@@ -312,12 +312,15 @@ class CellRunner:
         """A stored source of this cell's images whose digests the probe reproduces (another machine's only on
         at least ``MIN_PROBE_ACROSS_MACHINES`` images), and the note saying how it was decided."""
         here = cell.spec.get("machine")
+        wider = None  # the longer probe another machine's source needs, generated once
         for source in self._reuse_candidates(cell):
             across = source["machine"] != here
             evidence = probe
             if across and probe["seeds"][1] - probe["seeds"][0] < MIN_PROBE_ACROSS_MACHINES:
-                extra = seeds[:MIN_PROBE_ACROSS_MACHINES]
-                evidence = image_digests(to_uint8(run_batch(extra)), extra[0])
+                if wider is None:
+                    extra = seeds[:MIN_PROBE_ACROSS_MACHINES]
+                    wider = image_digests(to_uint8(run_batch(extra)), extra[0])
+                evidence = wider
             matched = same_images(source["digests"], evidence)
             if matched and (not across or matched >= MIN_PROBE_ACROSS_MACHINES):
                 where = f" on machine {source['machine']}" if across else ""

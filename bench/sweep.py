@@ -42,10 +42,6 @@ class Cell:
         return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
-    def quality_key(self) -> str:
-        return self._key_without(QUALITY_INVARIANT_AXES)
-
-    @property
     def images_key(self) -> str:
         """Cells with this key should give the same images, on any machine."""
         return self._key_without(IMAGE_AXES)

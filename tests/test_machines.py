@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cli, machine, report, store, sweep
+from bench import cli, executors, machine, report, store, sweep
 from bench import config as cfg
 from bench.errors import UserError
 from bench.measure import latency, memory, noise, roofline
@@ -88,7 +88,13 @@ def test_cells_carry_the_machine_so_another_machine_measures_its_own_costs(tmp_p
         m = r["metrics"]
         assert r["machine"] == other and m["quality_reused_from"] in {x["spec_hash"] for x in first}
         assert f"on machine {here}" in m["quality_note"] and "byte-identical" in m["quality_note"]
-        assert m["n_newly_generated"] if "n_newly_generated" in m else True
+    # fresh workers (process, Ray) are handed the other machine's records too, to check the same proof
+    workers = executors._Workers(config)
+    for record in first:
+        workers.remember(sweep.Cell(record["spec"]), record)
+    for cell in sweep.expand(config, machine=other):
+        assert [r["spec_hash"] for _, r in workers.prior_for(cell)] == [
+            r["spec_hash"] for r in first if sweep.Cell(r["spec"]).images_key == cell.images_key]
 
     df = store.load(config.store_path)
     assert set(df["machine"]) == {here, other}

@@ -9,7 +9,7 @@
 
 The thresholds come from measurements (``docs/measurement-noise.md`` has the figures and the commands): in 167 cells of
 the committed stores, run alone, dispersion stayed ≤ 0.14 and the ratio within 0.71–1.73; a cell timed beside a
-competing busy process shows several cores' worth of others' CPU while a quiet one shows a few hundredths.
+busy process per core reads 1.0 core of others' CPU while a quiet one reads a few thousandths.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class CpuMonitor:
         wall = time.perf_counter() - wall0
         own = times.user + times.system - self0
         jiffies1 = _cpu_jiffies(self.cpus)
-        result: dict[str, Any] = {"wall_s": wall, "cores": len(self.cpus), "own_cpu_cores": own / wall if wall > 0 else None,
+        result: dict[str, Any] = {"wall_s": wall, "cores": len(self.cpus),
+                                  "own_cpu_cores": own / wall if wall > 0 else None,
                                   "others_cpu_cores": None, "steal_fraction": None,
                                   "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
         if jiffies0 and jiffies1 and wall > 0:
