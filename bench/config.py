@@ -6,6 +6,8 @@ Each knob is documented where it is defined (the ``doc`` metadata); ``python -m 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +31,24 @@ def knob(default: Any, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    dataset: str = knob("mnist", "dataset name: mnist, digits, folder:PATH, tv-mnist, tv-cifar10")
+    dataset: str = knob("mnist", "dataset name: mnist, digits, folder:PATH (any PNG/JPEG folder; a relative PATH is "
+                                 "read from the working directory), tv-mnist, tv-cifar10")
     resolution: int = knob(16, "image side in pixels (16 for CPU budgets; 28, 32 available)")
     objective: str = knob("epsilon", "what the base model predicts: epsilon or v_prediction")
-    train_steps: int = knob(4000, "optimiser steps of the base model recipe")
-    pretrained: str = knob("", "a local diffusers folder or hub id to use instead of the zoo's base model")
+    train_steps: int = knob(4000, "optimiser steps of the base model recipe; with model.pretrained, the budget the "
+                                  "techniques' own trainings (students, priors, gates) are scaled from")
+    pretrained: str = knob("", "a local diffusers folder or hub id (UNet2DModel) to use instead of the zoo's base "
+                               "model: imported into the zoo by its weights hash; every technique trains from it")
 
 
 @dataclass(frozen=True)
 class QualityConfig:
     n_samples: int = knob(500, "generated images per cell for FID/KID/PR (a technique entry may override)")
     seed: int = knob(0, "image i uses seed + i")
-    extractor: str = knob("auto", "auto (the zoo's offline classifier) or inception-v3-compat")
-    extractor_steps: int = knob(1500, "training steps of the auto extractor's recipe")
+    extractor: str = knob("auto", "auto (the zoo's classifier where the dataset has labels, else simclr), classifier, "
+                                  "simclr (a self-supervised contrastive encoder: needs no labels) or "
+                                  "inception-v3-compat (torch-fidelity's weights, where present)")
+    extractor_steps: int = knob(1500, "training steps of the zoo extractor's recipe (classifier or simclr)")
     reference_split: str = knob("test", "dataset split the generated images are compared with")
     reference_n: int = knob(2000, "reference images")
     bootstrap: int = knob(200, "bootstrap resamples for the FID confidence interval (0 = none)")
@@ -104,18 +111,49 @@ class SweepConfig:
         return Path(self.results) / self.name
 
 
+# Bounds on values that type-check but could never finish (or make no sense on any machine this runs on).
+MAX_CONFIG_BYTES = 1 << 20
+LIMITS = {"quality.n_samples": 1_000_000, "quality.reference_n": 1_000_000, "quality.bootstrap": 100_000,
+          "quality.extractor_steps": 10_000_000, "model.train_steps": 10_000_000, "latency.min_repeats": 10_000,
+          "latency.denoiser_repeats": 10_000, "latency.remeasure": 20, "latency.min_seconds": 3600.0,
+          "executor.timeout_s": 7 * 86400.0, "batch": 65_536, "seed": 2**62, "cells": 100_000}
+
+
 def load(path: Path | str | None = None) -> SweepConfig:
     """Read and validate a sweep config (the shipped default when ``path`` is None)."""
     path = Path(path) if path else DEFAULT_CONFIG
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    config = _build(SweepConfig, raw, "")
+    config = _build(SweepConfig, _read_toml(path), "")
+    if config.model.dataset.startswith("folder:"):  # one folder, one address, however it is spelled
+        from bench import data
+
+        try:
+            dataset = data.normalise(config.model.dataset)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"config: model.dataset {config.model.dataset!r} is not a usable path ({exc})") from None
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, dataset=dataset))
     validate(config)
     return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML, refusing what is not a regular text file of sane size (a folder, a FIFO that would block,
+    /dev/zero, a binary) with one line."""
+    try:
+        if not path.exists():
+            raise UserError(f"config file {path} does not exist")
+        if not path.is_file():
+            raise UserError(f"config file {path} is not a regular file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a sweep config")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    except (OSError, ValueError) as exc:  # permissions, a path with a NUL byte
+        raise UserError(f"config file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -150,51 +188,99 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise UserError(f"config: '{where}' must be a table")
         return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise UserError(f"config: '{where}' must be {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise UserError(f"config: '{where}' must be {hint.__name__}, got {type(value).__name__} {_short(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config: '{where}' must be a finite number, got {value}")
+    if isinstance(value, str) and "\x00" in value:
+        raise UserError(f"config: '{where}' holds a NUL character")
     return value
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def validate(config: SweepConfig) -> None:
-    """Reject bad values, naming the key. Technique names and parameters are checked in ``sweep.expand``."""
-    q = config.quality
+    """Reject bad values, naming the key: everything a config can know is wrong, before any training starts (the
+    dataset is opened and its splits counted, the extractor and a pretrained model checked against it). Technique
+    names, parameters and step counts are checked in ``sweep.expand``."""
+    q, lat, m = config.quality, config.latency, config.model
+    if not config.name or any(c in config.name for c in "/\\") or config.name.startswith(".") or len(config.name) > 100:
+        raise UserError(f"config: name {_short(config.name)} must be a plain folder name (at most 100 characters)")
     for i, hw in enumerate(config.hardware):
         _validate_hardware(config, hw, "hardware" if len(config.hardware) == 1 else f"hardware[{i}]")
-    _positive("quality.n_samples", [q.n_samples])
-    _positive("quality.reference_n", [q.reference_n])
-    _positive("latency.min_repeats", [config.latency.min_repeats])
-    _positive("latency.denoiser_repeats", [config.latency.denoiser_repeats])
-    if q.bootstrap < 0:
-        raise UserError("config: quality.bootstrap must be ≥ 0")
-    if config.latency.remeasure < 0:
-        raise UserError("config: latency.remeasure must be ≥ 0")
-    from bench import data
-
-    try:
-        data.check_name(config.model.dataset)
-    except UserError as exc:
-        raise UserError(f"config: model.dataset: {exc}") from None
-    pretrained = config.model.pretrained
-    if pretrained and pretrained.startswith(("/", ".", "~")) and not Path(pretrained).expanduser().is_dir():
-        raise UserError(f"config: model.pretrained {pretrained!r} is not a folder (a local diffusers model folder, "
-                        "or a hub id such as google/ddpm-cifar10-32)")
-    if config.model.objective not in ("epsilon", "v_prediction"):
-        raise UserError(f"config: model.objective {config.model.objective!r} is not epsilon or v_prediction")
+    _range("quality.n_samples", q.n_samples, 1)
+    _range("quality.reference_n", q.reference_n, 1)
+    _range("quality.bootstrap", q.bootstrap, 0)
+    _range("quality.extractor_steps", q.extractor_steps, 1)
+    _range("quality.seed", q.seed, 0, LIMITS["seed"])
+    _range("latency.min_repeats", lat.min_repeats, 1)
+    _range("latency.denoiser_repeats", lat.denoiser_repeats, 1)
+    _range("latency.remeasure", lat.remeasure, 0)
+    _range("latency.min_seconds", lat.min_seconds, 0.0)
+    _range("model.train_steps", m.train_steps, 1)
+    if m.objective not in ("epsilon", "v_prediction"):
+        raise UserError(f"config: model.objective {_short(m.objective)} is not epsilon or v_prediction")
+    if not 4 <= m.resolution <= 512:
+        raise UserError(f"config: model.resolution {m.resolution} is outside 4..512")
+    if q.reference_split not in ("train", "test"):
+        raise UserError(f"config: quality.reference_split {_short(q.reference_split)} is not train or test")
+    if not (len(config.energy_country) == 3 and config.energy_country.isascii() and config.energy_country.isalpha()):
+        raise UserError(f"config: energy_country {_short(config.energy_country)} is not an ISO 3166 alpha-3 code "
+                        "(e.g. USA, FRA)")
     if not config.technique:
         raise UserError("config: no [[technique]] entries: nothing to sweep")
     for i, entry in enumerate(config.technique):
         if not entry.name:
             raise UserError(f"config: technique[{i}].name is missing")
-        _positive(f"technique[{i}].steps", entry.steps)
-        if entry.n_samples < 0:
-            raise UserError(f"config: technique[{i}].n_samples must be ≥ 0")
-    if config.executor.kind not in EXECUTORS:
-        raise UserError(f"config: executor.kind {config.executor.kind!r} is not one of {', '.join(EXECUTORS)}")
-    if config.executor.timeout_s < 0:
-        raise UserError("config: executor.timeout_s must be ≥ 0")
-    if not config.name or any(c in config.name for c in "/\\") or config.name.startswith("."):
-        raise UserError(f"config: name {config.name!r} must be a plain folder name")
+        for steps in entry.steps:
+            _range(f"technique[{i}].steps", steps, 1)  # the upper bound is the technique's (sweep.expand)
+        _range(f"technique[{i}].n_samples", entry.n_samples, 0, LIMITS["quality.n_samples"])
+    ex = config.executor
+    if ex.kind not in EXECUTORS:
+        raise UserError(f"config: executor.kind {_short(ex.kind)} is not one of {', '.join(EXECUTORS)}")
+    _range("executor.timeout_s", ex.timeout_s, 0.0)
+    _range("executor.local_cpus", ex.local_cpus, 0, 4096)
+    _range("executor.ray_num_cpus", ex.ray_num_cpus, 0, 4096)
+    _validate_data(config)
+
+
+def _validate_data(config: SweepConfig) -> None:
+    """The dataset opens, its reference split is large enough, the extractor can be had for it, and a pretrained
+    model takes its images: each a one-line error now rather than after the base model has trained."""
+    from bench import data, recipes
+    from bench.measure import quality
+
+    m, q = config.model, config.quality
+    try:
+        data.check_name(m.dataset)
+        reference = data.load(m.dataset, q.reference_split, m.resolution)
+    except UserError as exc:
+        raise UserError(f"config: model.dataset: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"config: model.dataset {_short(m.dataset)} cannot be read ({exc})") from None
+    if q.reference_n > len(reference.images):
+        raise UserError(f"config: quality.reference_n = {q.reference_n} exceeds the {len(reference.images)} images "
+                        f"of {m.dataset} split {q.reference_split!r}")
+    try:
+        recipes.extractor_recipe(q.extractor, m.dataset, m.resolution, q.extractor_steps)
+        quality.check_extractor(q.extractor)
+    except UserError as exc:
+        raise UserError(f"config: {exc}") from None
+    if m.pretrained:
+        from bench import pretrained
+
+        try:
+            shape = tuple(pretrained.describe(m.pretrained)["image_shape"])
+        except UserError as exc:
+            raise UserError(f"config: {exc}") from None
+        if shape != reference.shape:
+            raise UserError(f"config: model.pretrained {m.pretrained!r} takes {'×'.join(map(str, shape))} images; "
+                            f"model.dataset {m.dataset} at model.resolution {m.resolution} gives "
+                            f"{'×'.join(map(str, reference.shape))}")
 
 
 def _validate_hardware(config: SweepConfig, hw: HardwareConfig, where: str) -> None:
@@ -207,14 +293,22 @@ def _validate_hardware(config: SweepConfig, hw: HardwareConfig, where: str) -> N
     for dtype in hw.dtype:
         if dtype not in DTYPES:
             raise UserError(f"config: {where}.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    _positive(f"{where}.threads", hw.threads)
-    _positive(f"{where}.batch", hw.batch)
+    # oversubscribing the cores is a legitimate study (cores.toml runs 2 threads on 1 core), a thousand-fold is not;
+    # on Ray the nodes' cores count, not the driver's
+    max_threads = 1024 if config.executor.kind == "ray" else 4 * (os.cpu_count() or 1)
+    for threads in hw.threads:
+        _range(f"{where}.threads", threads, 1, max_threads)
+    for batch in hw.batch:
+        _range(f"{where}.batch", batch, 1, LIMITS["batch"])
 
 
-def _positive(where: str, values: list[int]) -> None:
-    for v in values:
-        if v <= 0:
-            raise UserError(f"config: {where} must be positive, got {v}")
+def _range(where: str, value: float, low: float, high: float | None = None) -> None:
+    """``low ≤ value ≤ high`` (``high`` defaults to ``LIMITS[where]``), else one line naming the key."""
+    high = LIMITS.get(where, math.inf) if high is None else high
+    if value < low:
+        raise UserError(f"config: {where} must be {'positive' if low == 1 else f'≥ {low}'}, got {value}")
+    if value > high:
+        raise UserError(f"config: {where} = {value} is beyond {high:g}, more than any sweep here can finish")
 
 
 def describe(cls: type = SweepConfig, prefix: str = "") -> list[str]:

@@ -60,7 +60,7 @@ class Context:
 
         out = {}
         for name, source in model_sources(self.technique, params, self.base).items():
-            key = source.key if isinstance(source, zoo.Recipe) else str(source)
+            key = source.key
             if key not in self._models:
                 self._models[key] = load_source(source, progress=False)[0]
             out[name] = self._models[key]

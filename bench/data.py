@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,18 +60,92 @@ def load(name: str, split: str, resolution: int) -> ImageSet:
 def check_name(name: str) -> None:
     """Raise a one-line ``UserError`` for an unknown dataset or a ``folder:PATH`` that does not exist, before any
     work starts (loading happens later, inside cells and training)."""
-    if name.startswith("folder:"):
-        path = Path(name.removeprefix("folder:")).expanduser()
+    if is_folder(name):
+        path = folder_path(name)
         if not path.is_dir():
             raise UserError(f"dataset folder {path} does not exist")
     elif name not in _LOADERS:
         raise UserError(f"unknown dataset {name!r} (known: {', '.join(sorted(_LOADERS))}, folder:PATH)")
 
 
+FOLDER = "folder:"
+
+
+def is_folder(name: str) -> bool:
+    return name.startswith(FOLDER)
+
+
+def folder_path(name: str) -> Path:
+    return Path(name.removeprefix(FOLDER)).expanduser()
+
+
+def normalise(name: str) -> str:
+    """``folder:PATH`` with PATH made absolute (relative paths are read from the working directory), so a relative
+    and an absolute spelling of one folder address the same artifacts; other names unchanged."""
+    return f"{FOLDER}{folder_path(name).resolve()}" if is_folder(name) else name
+
+
+def has_labels(name: str) -> bool:
+    """Whether the dataset carries class labels (a folder of images has none)."""
+    return not is_folder(name)
+
+
+def short_name(name: str) -> str:
+    """A file-name-safe label for the dataset (``folder-<last path part>`` for folders): artifact folders and cache
+    files are named with it, whatever characters the path holds."""
+    if not is_folder(name):
+        return safe_label(name)
+    return "folder-" + (safe_label(folder_path(name).name) or "root")
+
+
+def safe_label(text: str, limit: int = 60) -> str:
+    """``text`` with anything but ASCII letters, digits, ``.``, ``_`` and ``-`` replaced by ``_`` (at most ``limit``
+    characters, never a leading dot)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".")[:limit]
+
+
+def identity(name: str) -> str | None:
+    """A content hash of a folder dataset (its images' relative paths and bytes), so artifacts trained on a folder
+    are addressed by what it held, not by where it lies; None for built-in datasets (versioned with bench)."""
+    if not is_folder(name):
+        return None
+    return _folder_hash(str(folder_path(name).resolve()))
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_hash(path: str) -> str:
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in _image_files(root):
+        h.update(str(file.relative_to(root)).encode() + b"\0")
+        h.update(hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+MAX_FOLDER_ENTRIES = 200_000  # folder:/ would otherwise walk the whole file system
+
+
+def _image_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise UserError(f"dataset folder {path} does not exist")
+    files, seen = [], 0
+    for parent, dirs, names in os.walk(path, onerror=None, followlinks=False):
+        seen += len(dirs) + len(names)
+        if seen > MAX_FOLDER_ENTRIES:
+            raise UserError(f"dataset folder {path} holds more than {MAX_FOLDER_ENTRIES} entries: point folder: at "
+                            "the image folder itself")
+        dirs.sort()
+        files += [Path(parent) / n for n in names if Path(n).suffix.lower() in _IMAGE_SUFFIXES]
+    files = sorted(p for p in files if p.is_file())
+    if not files:
+        raise UserError(f"dataset folder {path} holds no .png/.jpg/.jpeg images")
+    return files
+
+
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str, split: str, resolution: int) -> ImageSet:
-    if name.startswith("folder:"):
-        images, labels, classes = _folder(Path(name.removeprefix("folder:")).expanduser(), split)
+    if is_folder(name):
+        images, labels, classes = _folder(folder_path(name), split)
     elif name in _LOADERS:
         images, labels, classes = _LOADERS[name](split)
     else:
@@ -108,17 +183,16 @@ def _digits(split: str):
 
 def _folder(path: Path, split: str):
     """Every PNG/JPEG under ``path``; a file's split is fixed by a hash of its relative path (10% test)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    if not path.is_dir():
-        raise UserError(f"dataset folder {path} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"dataset folder {path} holds no .png/.jpg/.jpeg images")
+    files = _image_files(path)
     chosen = [p for p in files if _is_test(p.relative_to(path)) == (split == "test")] or files
     arrays = []
     for p in chosen:
-        img = Image.open(p).convert("RGB")
+        try:
+            img = Image.open(p).convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(f"dataset folder {path}: {p.relative_to(path)} is not a readable image ({exc})") from None
         side = min(img.size)  # centre crop to a square before the resize in load()
         left, top = (img.width - side) // 2, (img.height - side) // 2
         arrays.append(np.asarray(img.crop((left, top, left + side, top + side)).resize((64, 64), Image.BICUBIC)))

@@ -25,8 +25,55 @@ def denoiser_recipe(dataset: str = "mnist", resolution: int = 16, objective: str
                   batch=batch, lr=1e-3, seed=seed, ema_decay=0.999)
 
 
+def pretrained_recipe(source: str, dataset: str = "mnist", resolution: int = 16, budget_steps: int = 4000,
+                      batch: int = 64, seed: int = 0) -> Recipe:
+    """A pretrained diffusers model imported as the base (no training): its network and scheduler configs as found,
+    its source and weights hash in ``options``. ``steps`` is not trained but is the budget every technique scales its
+    own training from (students, priors, gates), as it does from the zoo's base recipe."""
+    from pathlib import PurePosixPath
+
+    from bench import data, pretrained
+
+    info = pretrained.describe(source)
+    label = data.safe_label(PurePosixPath(info["source"]).name, 40) or "model"
+    return Recipe(name=f"{dataset}{resolution}-pretrained-unet-{label}", objective="pretrained", dataset=dataset,
+                  resolution=resolution, network=info["network"], schedule=info["schedule"], steps=budget_steps,
+                  batch=batch, lr=1e-3, seed=seed, ema_decay=0.999,
+                  options={"source": info["source"], "weights_sha256": info["weights_sha256"]})
+
+
 def classifier_recipe(dataset: str = "mnist", resolution: int = 16, steps: int = 1500, seed: int = 0) -> Recipe:
     """The offline FID feature extractor for ``dataset`` at ``resolution`` (64-d penultimate features)."""
     return Recipe(name=f"{dataset}{resolution}-classifier", objective="classifier", dataset=dataset,
                   resolution=resolution, network={"width": 32, "feature_dim": 64}, steps=steps, batch=128,
                   lr=2e-3, seed=seed, ema_decay=0.99)
+
+
+def simclr_recipe(dataset: str = "mnist", resolution: int = 16, steps: int = 1500, seed: int = 0) -> Recipe:
+    """The offline FID feature extractor for data without labels: the classifier's body (64-d features) trained with
+    SimCLR's contrastive loss (a 64→64→32 projection head, temperature 0.2: SimCLR's best range for small batches)."""
+    return Recipe(name=f"{dataset}{resolution}-simclr", objective="simclr", dataset=dataset, resolution=resolution,
+                  network={"width": 32, "feature_dim": 64, "num_classes": 32, "projection_hidden": 64}, steps=steps,
+                  batch=256, lr=2e-3, seed=seed, ema_decay=0.99, options={"temperature": 0.2})
+
+
+EXTRACTORS = ("auto", "classifier", "simclr", "inception-v3-compat")
+
+
+def extractor_recipe(choice: str, dataset: str, resolution: int, steps: int = 1500) -> Recipe | None:
+    """The zoo recipe of ``quality.extractor = choice`` (None for Inception, which the zoo does not train): ``auto``
+    is the classifier where the dataset has labels and the SimCLR encoder where it has none."""
+    from bench import data
+    from bench.errors import UserError
+
+    if choice not in EXTRACTORS:
+        raise UserError(f"quality.extractor {choice!r} is not one of {', '.join(EXTRACTORS)}")
+    if choice == "inception-v3-compat":
+        return None
+    if choice == "auto":
+        choice = "classifier" if data.has_labels(dataset) else "simclr"
+    if choice == "classifier" and not data.has_labels(dataset):
+        raise UserError(f"quality.extractor 'classifier' needs class labels; dataset {dataset} has none (use "
+                        "'simclr' or 'auto')")
+    make = classifier_recipe if choice == "classifier" else simclr_recipe
+    return make(dataset, resolution, steps)

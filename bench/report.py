@@ -578,8 +578,8 @@ def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None
         lambda r: f"{r.get('device')}/{r.get('dtype')}/{r.get('threads')}t/b{r.get('batch')}"
                   f"{'/compiled' if r.get('compile') is True else ''}", axis=1),
         # only the parameters that vary within the store (all of them in the filter's hidden text and the tooltip)
-        params_short=series_labels(df, varying_params(df)).str.split(" ", n=1).str[1].fillna("") if len(df)
-        else pd.Series(dtype=str),
+        params_short=series_labels(df, varying_params(df)).map(lambda s: s.split(" ", 1)[1] if " " in s else "")
+        if len(df) else pd.Series(dtype=str),
         params_full=df["params"].map(lambda p: " ".join(f"{k}={v}" for k, v in json.loads(p).items())
                                      if isinstance(p, str) else ""))
     view["fid_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if not (_is_missing(lo) or _is_missing(hi)) else None

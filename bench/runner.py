@@ -23,7 +23,6 @@ from bench.measure.flops import CallRecorder
 from bench.measure.latency import Latency, repeat_until, timed
 from bench.measure.memory import PeakMemory
 from bench.measure.noise import CpuMonitor, suspect_reasons
-from bench.model import load_denoiser
 from bench.provenance import provenance
 from bench.sampling import generators
 from bench.store import Store, load_features
@@ -59,19 +58,17 @@ def same_images(stored: dict[str, Any] | None, probe: dict[str, Any]) -> int:
     return stop - start if a == b else 0
 
 
-def model_sources(technique: registry.Technique, params: Any, base: zoo.Recipe | None,
-                  pretrained: str = "") -> dict[str, zoo.Recipe | str]:
-    """What a technique's pipeline receives, by name: ``model`` (the base recipe, or a pretrained folder / hub id)
-    plus the artifacts the technique declares."""
-    return {"model": base or pretrained, **technique.artifacts(params, base)}
+def model_sources(technique: registry.Technique, params: Any, base: zoo.Recipe) -> dict[str, zoo.Recipe]:
+    """What a technique's pipeline receives, by name: ``model`` (the base recipe: the zoo's, or a pretrained model's
+    import) plus the artifacts the technique declares."""
+    return {"model": base, **technique.artifacts(params, base)}
 
 
-def load_source(source: zoo.Recipe | str, progress: bool = True) -> tuple[Any, dict[str, Any]]:
-    """A model and what a results row keeps about it; zoo recipes are trained first when no zoo holds them."""
-    if isinstance(source, zoo.Recipe):
-        model, artifact = load_artifact(source, progress=progress)
-        return model, artifact.summary()
-    return load_denoiser(source), {"pretrained": str(source)}
+def load_source(source: zoo.Recipe, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """A model and what a results row keeps about it; recipes are trained (or imported) first when no zoo holds
+    them."""
+    model, artifact = load_artifact(source, progress=progress)
+    return model, artifact.summary()
 
 
 class CellRunner:
@@ -119,10 +116,10 @@ class CellRunner:
 
     # -- loading --------------------------------------------------------------------------------------------------
     def _load(self, technique: registry.Technique, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        sources = model_sources(technique, params, base_recipe(self.config), self.config.model.pretrained)
+        sources = model_sources(technique, params, base_recipe(self.config))
         models, summaries = {}, {}
         for name, source in sources.items():
-            key = source.key if isinstance(source, zoo.Recipe) else str(source)
+            key = source.key
             if key not in self._models:
                 self._models[key] = load_source(source, self.progress)
             model, summary = self._models[key]

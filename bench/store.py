@@ -72,10 +72,15 @@ class Store:
         return self.records / f"{spec_hash}.json"
 
     def get(self, spec_hash: str) -> dict[str, Any] | None:
+        """The stored record of a cell; None when there is none or it is unreadable (edited or truncated by hand:
+        a warning names it, and the sweep runs the cell again)."""
         path = self.path_for(spec_hash)
+        if not path.exists() and not path.is_symlink():
+            return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
+            return read_record(path)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipping unreadable record {path}: {exc}", stacklevel=2)
             return None
 
     def write(self, record: dict[str, Any]) -> Path:
@@ -190,18 +195,137 @@ def read_records(path: Path | str) -> list[dict[str, Any]]:
     root = Path(path)
     if not root.exists():
         raise UserError(f"results store {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"results store {root} is not a folder")
     out = []
-    for file in sorted(root.rglob("records/*.json")):
+    try:
+        files = sorted(root.rglob("records/*.json"))
+    except OSError as exc:
+        raise UserError(f"results store {root} cannot be listed ({exc.strerror or exc})") from None
+    for file in files:
         try:
-            record = json.loads(file.read_text())
-            if not isinstance(record, dict) or "spec_hash" not in record or "status" not in record:
-                raise ValueError("not a bench record")
+            record = read_record(file)
         except (OSError, ValueError) as exc:
             warnings.warn(f"skipping unreadable record {file}: {exc}", stacklevel=2)
             continue
         record["_store"] = str(file.parent.parent)
         out.append(record)
     return out
+
+
+MAX_RECORD_BYTES = 64 << 20
+
+
+def read_record(file: Path) -> dict[str, Any]:
+    """One record file, parsed and checked against the shape every reader relies on; ``ValueError`` (or
+    ``OSError``) says what is wrong."""
+    if not file.is_file():
+        raise ValueError("not a regular file")
+    if file.stat().st_size > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES >> 20} MiB")
+    try:
+        record = json.loads(file.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    check_record(record)
+    if record["spec_hash"] != file.stem:
+        raise ValueError(f"its spec_hash {record['spec_hash'][:20]!r} is not its file name")
+    return record
+
+
+# What readers of a record (sweep, report, compare) rely on; None is allowed wherever a value may be absent.
+_TOP_TYPES = {"schema_version": int, "written_at": str, "spec": dict, "metrics": dict, "raw": dict, "info": dict,
+              "observations": dict, "artifacts": dict, "features": dict, "image_digests": dict, "machine": str,
+              "fingerprint": dict, "roofline": dict, "technique_version": str, "sample_grid": str,
+              "provenance": dict, "error": str, "reason": str, "traceback": str}
+_SPEC_TYPES = {"technique": str, "params": dict, "steps": int, "device": str, "dtype": str, "threads": int,
+               "compile": bool, "batch": int, "machine": str, "n_samples": int, "seed": int, "dataset": str,
+               "resolution": int, "model": dict, "artifacts": dict, "extractor": str, "reference_split": str,
+               "reference_n": int, "bootstrap": int}
+_SPEC_REQUIRED = ("technique", "params", "steps", "device", "dtype", "threads", "compile", "batch", "n_samples")
+_OK_METRICS_REQUIRED = ("fid", "nfe", "latency_per_image_ms", "flops_per_image")
+_METRIC_TYPES = {"fid_inf_n": list, "fid_inf_values": list, "nfe_by_network": dict,
+                 "flops_per_call_by_network": dict}
+_METRIC_STRINGS = {"flops_unit", "peak_source", "memory_method", "energy_method", "extractor", "extractor_sha256",
+                   "extractor_description", "quality_reused_from", "quality_extended_from", "quality_note",
+                   "latency_suspect"}
+
+
+def check_record(record: Any) -> None:
+    """Raise ``ValueError`` naming the first field of ``record`` whose shape no reader can use."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record is a JSON object, not {type(record).__name__}")
+    if not isinstance(record.get("spec_hash"), str) or not record["spec_hash"]:
+        raise ValueError("spec_hash is missing or not a string")
+    if record.get("status") not in STATUSES:
+        raise ValueError(f"status is not one of {', '.join(STATUSES)}")
+    _check_types(record, _TOP_TYPES, "")
+    spec = record.get("spec")
+    if not isinstance(spec, dict):
+        raise ValueError("spec is missing")
+    _check_types(spec, _SPEC_TYPES, "spec.")
+    for key in _SPEC_REQUIRED:
+        if spec.get(key) is None:
+            raise ValueError(f"spec.{key} is missing")
+    for key, value in spec["params"].items():  # params become columns the report groups by: scalars only
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"spec.params.{key} must be a number, string or boolean")
+    metrics = record.get("metrics") or {}
+    for key, value in metrics.items():
+        want = _METRIC_TYPES.get(key, str if key in _METRIC_STRINGS else None)
+        if want is not None:
+            if value is not None and not isinstance(value, want):
+                raise ValueError(f"metrics.{key} must be {want.__name__} or null")
+        elif value is not None and not isinstance(value, bool) and not _finite_number(value):
+            raise ValueError(f"metrics.{key} must be a finite number, true/false or null")
+    if record["status"] == "ok":
+        for key in _OK_METRICS_REQUIRED:
+            if not _finite_number(metrics.get(key)):
+                raise ValueError(f"an ok record needs a number at metrics.{key}")
+    for role, entry in (record.get("features") or {}).items():
+        if entry is not None and not (isinstance(entry, dict) and _safe_relative(entry.get("file"))
+                                      and isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"features.{role} must name a file inside the store and its sha256")
+    if record.get("sample_grid") is not None and not _safe_relative(record["sample_grid"]):
+        raise ValueError("sample_grid must be a path inside the store")
+    digests = record.get("image_digests")
+    if digests is not None and not (isinstance(digests.get("seeds"), list) and len(digests["seeds"]) == 2
+                                    and all(_integer(s) for s in digests["seeds"])
+                                    and isinstance(digests.get("sha256"), list)
+                                    and all(isinstance(d, str) for d in digests["sha256"])):
+        raise ValueError("image_digests must hold seeds [first, stop] and a list of sha256 strings")
+    batches = (record.get("raw") or {}).get("latency_batch_s")
+    if batches is not None and not (isinstance(batches, list) and all(_finite_number(b) for b in batches)):
+        raise ValueError("raw.latency_batch_s must be a list of numbers")
+
+
+def _check_types(table: dict[str, Any], types: dict[str, type], where: str) -> None:
+    for key, want in types.items():
+        value = table.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{where}{key} must be {want.__name__}, not {type(value).__name__}")
+
+
+def _finite_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _safe_relative(path: Any) -> bool:
+    """A relative path that stays inside the store (no ``..``, not absolute): a record must not make a reader
+    open, embed or trust a file elsewhere."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        return False
+    parts = Path(path).parts
+    return not Path(path).is_absolute() and ".." not in parts
 
 
 def flatten(record: dict[str, Any]) -> dict[str, Any]:

@@ -57,20 +57,23 @@ class Cell:
                 f"b{s['batch']}{'/compiled' if s['compile'] else ''}")
 
 
-def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe | None:
+def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe:
+    """The base model every technique starts from: the zoo's recipe, or the user's pretrained model imported under a
+    recipe naming its source and weights hash."""
     m = config.model
     if m.pretrained:
-        return None
+        return recipes.pretrained_recipe(m.pretrained, m.dataset, m.resolution, m.train_steps)
     return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps)
 
 
 def needed_artifacts(config: cfg.SweepConfig) -> list[recipes.Recipe]:
-    """Every zoo artifact a sweep of ``config`` uses, each once, in training order (the FID classifier, the base
+    """Every zoo artifact a sweep of ``config`` uses, each once, in training order (the FID extractor, the base
     model, then each technique's artifacts as it declares them: teachers before their students)."""
     base = base_recipe(config)
-    needed = [recipes.classifier_recipe(config.model.dataset, config.model.resolution,
-                                        config.quality.extractor_steps)] if config.quality.extractor == "auto" else []
-    needed += [base] if base else []
+    m, q = config.model, config.quality
+    extractor = recipes.extractor_recipe(q.extractor, m.dataset, m.resolution, q.extractor_steps)
+    needed = [extractor] if extractor else []
+    needed.append(base)
     for entry in config.technique:
         technique = registry.get(entry.name)
         for params in expand_params(technique, entry):
@@ -116,12 +119,21 @@ def hardware_points(config: cfg.SweepConfig) -> list[tuple[str, str, int, bool, 
 def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
     """Every cell of the sweep, validated (unknown techniques, parameters and step counts fail here), measured on
     ``machine`` (default: this one, ``bench.machine.machine_id()``)."""
+    import math
+
     from bench.machine import machine_id
 
+    planned = len(hardware_points(config)) * sum(
+        len(entry.steps) * math.prod(len(v) for v in entry.params.values()) for entry in config.technique)
+    if planned > cfg.LIMITS["cells"]:
+        raise UserError(f"config: the sweep expands to {planned} cells, beyond {cfg.LIMITS['cells']}; split it into "
+                        "several configs")
     machine = machine or machine_id()
     base = base_recipe(config)
-    schedule = base.schedule if base else {}
-    model_id = {"recipe": base.name, "recipe_key": base.key} if base else {"pretrained": config.model.pretrained}
+    schedule = base.schedule
+    model_id = {"recipe": base.name, "recipe_key": base.key}
+    if config.model.pretrained:
+        model_id["pretrained"] = base.options["source"]
     q = config.quality
     cells = []
     for i, entry in enumerate(config.technique):

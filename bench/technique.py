@@ -72,8 +72,10 @@ class Technique:
         if steps > limit:
             raise ValueError(f"exceeds {limit}")
 
-    def artifacts(self, params: Any, base: Recipe | None) -> dict[str, Recipe]:
-        """Extra zoo artifacts this technique needs besides the base model (name → recipe)."""
+    def artifacts(self, params: Any, base: Recipe) -> dict[str, Recipe]:
+        """Extra zoo artifacts this technique needs besides the base model (name → recipe). ``base`` is the zoo's
+        base recipe, or the import of a user's pretrained model (objective ``pretrained``, its network and schedule
+        as found): derive from it, and the artifacts are addressed by the model they came from."""
         return {}
 
     def pipeline(self, params: Any, models: dict[str, Any], steps: int) -> Pipeline:

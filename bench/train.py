@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench import data, zoo
+from bench.errors import UserError
 from bench.extractor import DigitClassifier, load_classifier, save_classifier
 from bench.model import Denoiser, build_unet, load_denoiser, save_denoiser
 from bench.provenance import provenance
@@ -31,6 +32,8 @@ class Objective:
     ``train`` makes a fresh instance per training run, so an objective may keep state between ``build`` and ``loss``
     (a frozen teacher, a discriminator with its own optimiser, extra curves for the training record).
     """
+
+    trains = True  # False: the artifact is built (e.g. imported), not optimised; the loop runs no steps
 
     def __init__(self) -> None:
         self.out: Path | None = None  # the zoo ``train`` writes to: sources are looked up and trained there too
@@ -134,6 +137,54 @@ class ClassifierObjective(Objective):
         return load_classifier(directory)
 
 
+@register_objective("simclr")
+class ContrastiveObjective(ClassifierObjective):
+    """SimCLR (Chen et al. 2020): two augmented views of each image, NT-Xent on the projection head. The offline
+    extractor for data without labels: it needs none, and its features must be invariant to what the augmentations
+    change (small crops, shifts, contrast) while telling images with different content apart, which is what FID's
+    features should do. Features for FID are taken before the projection head, as SimCLR evaluates them."""
+
+    def build(self, recipe, image_shape, num_classes):
+        self.temperature = float(recipe.options["temperature"])
+        return DigitClassifier(channels=image_shape[0], **recipe.network)
+
+    def loss(self, model, x0, labels, generator):
+        from bench.extractor import augment, nt_xent
+
+        return nt_xent(model(augment(x0, generator)), model(augment(x0, generator)), self.temperature)
+
+
+@register_objective("pretrained")
+class PretrainedObjective(Objective):
+    """A user's pretrained diffusers model imported into the zoo as it is (no optimiser steps), once its weights are
+    proven to be those its recipe names; techniques then distil it, warm-start from it or copy its architecture."""
+
+    trains = False
+
+    def build(self, recipe, image_shape, num_classes):
+        from bench import pretrained
+
+        source = recipe.options["source"]
+        now = pretrained.describe.__wrapped__(source)  # hashed afresh: the folder may have changed since
+        if now["weights_sha256"] != recipe.options["weights_sha256"]:
+            raise UserError(f"model.pretrained {source!r} changed since its recipe was made (weights sha256 "
+                            f"{now['weights_sha256'][:12]}, recipe {recipe.options['weights_sha256'][:12]}); rerun")
+        if tuple(now["image_shape"]) != tuple(image_shape):
+            raise UserError(f"model.pretrained {source!r} takes {_shape(now['image_shape'])} images; dataset "
+                            f"{recipe.dataset} at resolution {recipe.resolution} gives {_shape(image_shape)}")
+        return load_denoiser(pretrained.resolve(source))
+
+    def save(self, model, directory):
+        return save_denoiser(model, directory)
+
+    def load(self, directory):
+        return load_denoiser(directory)
+
+
+def _shape(shape) -> str:
+    return "×".join(str(int(v)) for v in shape)
+
+
 @torch.enable_grad()  # callers may sit inside no_grad (a sweep that finds an artifact missing)
 def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
     """Train ``recipe`` and write its artifact (weights, recipe, training record) atomically under ``out``."""
@@ -149,7 +200,8 @@ def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
     warmup = max(1, min(200, recipe.steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     curve, window, start = [], [], time.perf_counter()
-    bar = tqdm(range(recipe.steps), desc=f"train {recipe.name}", unit="step", disable=not progress, mininterval=2)
+    steps = recipe.steps if objective.trains else 0
+    bar = tqdm(range(steps), desc=f"train {recipe.name}", unit="step", disable=not progress, mininterval=2)
     for step in bar:
         idx = torch.randint(0, len(x_all), (recipe.batch,), generator=generator)
         labels = images.labels[idx] if images.labels is not None else None
@@ -161,14 +213,14 @@ def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
         sched.step()
         _ema_update(ema, model, min(recipe.ema_decay, (1 + step) / (10 + step)))
         window.append(loss.item())
-        if len(window) == 50 or step == recipe.steps - 1:
+        if len(window) == 50 or step == steps - 1:
             curve.append([step + 1, sum(window) / len(window)])
             bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
             window = []
     wall = time.perf_counter() - start
     if not all(math.isfinite(v) for _, v in curve):
         raise RuntimeError(f"training {recipe.name} diverged (non-finite loss)")
-    return _write_artifact(recipe, objective, ema, out, wall, curve, len(x_all))
+    return _write_artifact(recipe, objective, ema, out, wall, curve, len(x_all), steps)
 
 
 def load_artifact(recipe: zoo.Recipe, progress: bool = True, out: Path | None = None) -> tuple[nn.Module, zoo.Artifact]:
@@ -196,13 +248,14 @@ def _source_costs(steps: int, wall: float, sources: list[zoo.Artifact]) -> dict[
             "total_wall_s": round(wall + sum(s["train_total_wall_s"] or 0 for s in summaries.values()), 2)}
 
 
-def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: list, n_train: int) -> zoo.Artifact:
+def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: list, n_train: int,
+                    steps: int) -> zoo.Artifact:
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.folder_name}-", dir=out))
     weights = objective.save(model, tmp)
     record = {
         "recipe_key": recipe.key,
-        "steps": recipe.steps,
+        "steps": steps,
         "batch": recipe.batch,
         "train_images": n_train,
         "wall_s": round(wall, 2),
@@ -214,7 +267,10 @@ def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: lis
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": provenance("cpu"),
         "command": "python -m bench train",
-        **_source_costs(recipe.steps, wall, objective.sources),
+        **({"dataset_content_sha256": data.identity(recipe.dataset)} if data.identity(recipe.dataset) else {}),
+        **({"imported_from": recipe.options.get("source"), "source_weights_sha256": recipe.options.get(
+            "weights_sha256")} if not objective.trains else {}),
+        **_source_costs(steps, wall, objective.sources),
         **objective.record(),
     }
     (tmp / zoo.RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, sort_keys=True))

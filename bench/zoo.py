@@ -43,12 +43,23 @@ class Recipe:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        from bench import data
+
+        fields = self.to_dict()
+        content = data.identity(self.dataset)
+        if content is not None:  # a folder dataset: what it holds is part of the address, not only its path
+            fields["dataset_content"] = content
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
     def folder_name(self) -> str:
-        return f"{self.name}-{self.key}"
+        """``<name>-<key>`` made safe for any file system, whatever the dataset string holds (a path, spaces,
+        unicode): the dataset part of the name becomes its short label."""
+        from bench import data
+
+        label = self.name.replace(self.dataset, data.short_name(self.dataset)) if self.dataset else self.name
+        return f"{data.safe_label(label, 80)}-{self.key}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:

@@ -172,10 +172,7 @@ class Distillation(Technique):
             if steps > limit:
                 raise ValueError(f"exceeds the {limit} points of the consistency grid (skip {params.skip})")
 
-    def artifacts(self, params: Params, base: Recipe | None) -> dict[str, Recipe]:
-        if base is None:
-            raise ValueError("distillation trains students of the base recipe; it cannot distil a pretrained model "
-                             "(set model.pretrained to empty)")
+    def artifacts(self, params: Params, base: Recipe) -> dict[str, Recipe]:
         if params.method == "consistency":
             return {"consistency": _student_recipe(base, base, "cd", "consistency_distillation", CONSISTENCY_FRACTION,
                                                    {"skip": params.skip, "target_ema": 0.95})}

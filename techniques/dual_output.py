@@ -157,10 +157,7 @@ class DualOutput(Technique):
             raise ValueError(f"mode {params.mode!r} is not one of {', '.join(MODES)}")
         validate_sampler(params.sampler, params.eta, params.timestep_spacing)
 
-    def artifacts(self, params: Params, base: Recipe | None) -> dict[str, Recipe]:
-        if base is None:
-            raise ValueError("dual_output trains its own network from the base recipe; it cannot use a pretrained "
-                             "model (set model.pretrained to empty)")
+    def artifacts(self, params: Params, base: Recipe) -> dict[str, Recipe]:
         # same network width and depth, data, steps, batch and seed as the baseline: only the head and loss differ
         return {"dual": dataclasses.replace(base, name=base.name.replace(base.objective, "dual"),
                                             objective="dual_output")}

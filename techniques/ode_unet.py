@@ -216,10 +216,10 @@ class ODEUNet(Technique):
             raise ValueError(f"solver_steps {params.solver_steps} is outside 1..64")
         validate_sampler(params.sampler, params.eta, params.timestep_spacing)
 
-    def artifacts(self, params: Params, base: Recipe | None) -> dict[str, Recipe]:
-        if base is None or "block_out_channels" not in base.network:
-            raise ValueError("ode_unet trains a continuous U-Net matched to the base recipe's UNet2DModel; it cannot "
-                             "use a pretrained model (set model.pretrained to empty)")
+    def artifacts(self, params: Params, base: Recipe) -> dict[str, Recipe]:
+        if "block_out_channels" not in base.network:
+            raise ValueError("ode_unet trains a continuous U-Net matched to the base model's UNet2DModel config; this "
+                             "base has no block_out_channels")
         # same data, steps, batch, seed and schedule as the baseline; the network is the matched continuous U-Net
         return {"ode": dataclasses.replace(base, name=base.name.replace("-unet", "-odeunet"),
                                            objective="ode_epsilon", network=matched_config(base.network))}

@@ -248,10 +248,7 @@ class Truncation(Technique):
         if steps > max(params.t_trunc, 1):
             raise ValueError(f"exceeds t_trunc = {params.t_trunc} (at most one step per timestep)")
 
-    def artifacts(self, params: Params, base: Recipe | None) -> dict[str, Recipe]:
-        if base is None:
-            raise ValueError("truncation trains its prior on the base recipe's data; it cannot use a pretrained model "
-                             "(set model.pretrained to empty)")
+    def artifacts(self, params: Params, base: Recipe) -> dict[str, Recipe]:
         if params.prior == "vae":
             return {"prior": Recipe(name=f"{base.dataset}{base.resolution}-vae", objective="vae",
                                     dataset=base.dataset, resolution=base.resolution,

@@ -65,9 +65,3 @@ def test_gate_curve_and_fixed_gate_from_a_trained_dual_model(tiny_base) -> None:
     assert [t for t, _ in curve] == sorted(table, reverse=True)
     assert [g for _, g in curve] == pytest.approx([table[t] for t, _ in curve])  # the fixed gate is what ran
     assert pipe.observe()["gate_curve"] == []  # observations are since the last call
-
-
-def test_pretrained_base_is_refused() -> None:
-    technique = registry.get("dual_output")
-    with pytest.raises(ValueError, match="pretrained"):
-        technique.artifacts(technique.Params(), None)

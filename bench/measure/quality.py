@@ -51,18 +51,27 @@ def cache_root() -> Path:
 
 
 def resolve_extractor(choice: str, dataset: str, resolution: int, steps: int = 1500) -> Extractor:
-    """``auto``: the zoo's classifier for (dataset, resolution), trained if missing; or ``inception-v3-compat``."""
-    if choice == INCEPTION:
-        return _inception()
-    if choice != "auto":
-        raise UserError(f"quality.extractor {choice!r} is not 'auto' or {INCEPTION!r}")
+    """The extractor ``quality.extractor`` names for (dataset, resolution): a zoo extractor (trained if missing;
+    ``auto`` is the classifier on labelled data, the SimCLR encoder on unlabelled) or ``inception-v3-compat``."""
     from bench import extractor, recipes
 
-    artifact = zoo.ensure(recipes.classifier_recipe(dataset, resolution, steps))
+    recipe = recipes.extractor_recipe(choice, dataset, resolution, steps)
+    if recipe is None:
+        return _inception()
+    artifact = zoo.ensure(recipe)
     sha = artifact.record["weights_sha256"]
-    name = extractor.register(artifact.path, sha)
+    kind = recipe.objective
+    name = extractor.register(artifact.path, sha, kind)
+    what = "classifier" if kind == "classifier" else "contrastive (SimCLR) encoder"
     return Extractor(name, extractor.FEATURES, sha,
-                     f"offline classifier {artifact.recipe.name} ({artifact.recipe.key}), 64-d penultimate features")
+                     f"offline {what} {artifact.recipe.name} ({artifact.recipe.key}), 64-d penultimate features")
+
+
+def check_extractor(choice: str) -> None:
+    """Raise the one-line error ``resolve_extractor`` would, before any training: here, only Inception's weights can
+    be missing (the zoo trains its own extractors)."""
+    if choice == INCEPTION:
+        _inception()
 
 
 def _inception() -> Extractor:
@@ -93,7 +102,9 @@ def image_features(images: torch.Tensor, extractor: Extractor) -> torch.Tensor:
 
 
 def reference_cache_name(dataset: str, split: str, resolution: int, n: int, extractor: Extractor) -> str:
-    safe = "".join(c if c.isalnum() else "_" for c in dataset)
+    content = data.identity(dataset)
+    safe = (f"{data.short_name(dataset)}-{content}" if content
+            else "".join(c if c.isalnum() else "_" for c in dataset))
     return f"ref-{safe}-{split}-{resolution}px-n{n}-{extractor.weights_sha256[:16]}"
 
 

@@ -1,0 +1,90 @@
+"""A user's pretrained diffusers model as the sweep's base: resolved to a local folder, identified by its weights hash,
+and imported into the zoo under a recipe that names both, so every artifact trained from it (a distilled student, a
+TDPM prior, a dual-output or continuous U-Net of its architecture) is content-addressed by the model it came from."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+SUPPORTED_CLASSES = ("UNet2DModel",)
+_HUB_FILES = ["model_index.json", "*.json", "unet/*", "scheduler/*", "diffusion_pytorch_model*"]
+
+
+def is_local(source: str) -> bool:
+    """A path (absolute, relative or ``~``) rather than a hub id such as ``google/ddpm-cifar10-32``."""
+    return source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
+
+
+def resolve(source: str) -> Path:
+    """The local folder holding ``source``: the folder itself, or the hub snapshot (downloaded with a network, from
+    the Hugging Face cache without one)."""
+    if is_local(source):
+        path = Path(source).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"model.pretrained {source!r} is not a folder (a local diffusers model folder, or a hub "
+                            "id such as google/ddpm-cifar10-32)")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=source, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # offline: LocalEntryNotFoundError; unknown id: RepositoryNotFoundError; both one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"model.pretrained {source!r}: not a local folder and the hub snapshot is unavailable "
+                        f"({first})") from None
+
+
+def unet_folder(folder: Path) -> Path:
+    """The network's folder inside a pipeline folder (``unet/``), or the folder itself for a bare model."""
+    return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+
+
+@functools.lru_cache(maxsize=8)
+def describe(source: str) -> dict[str, Any]:
+    """What a recipe keeps about ``source``: where it came from, its weights hash, its network config (constructor
+    kwargs, diffusers' private keys dropped), its scheduler config and the image shape it takes."""
+    folder = resolve(source)
+    net_dir = unet_folder(folder)
+    network = _read_json(net_dir / "config.json", source)
+    kind = network.get("_class_name", "UNet2DModel")
+    if kind not in SUPPORTED_CLASSES:
+        raise UserError(f"model.pretrained {source!r} is a {kind}; supported: {', '.join(SUPPORTED_CLASSES)}")
+    sched_file = next((p for p in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json")
+                       if p.is_file()), None)
+    from bench.model import DDPM_SCHEDULE
+
+    schedule = dict(DDPM_SCHEDULE) if sched_file is None else _read_json(sched_file, source)
+    weights = sorted(net_dir.glob("diffusion_pytorch_model*.safetensors")) or sorted(
+        net_dir.glob("diffusion_pytorch_model*.bin"))
+    if not weights:
+        raise UserError(f"model.pretrained {source!r}: no diffusion_pytorch_model weights in {net_dir}")
+    h = hashlib.sha256()
+    for file in weights:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
+    try:
+        shape = (int(network["in_channels"]), int(network["sample_size"]), int(network["sample_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"model.pretrained {source!r}: its config has no integer in_channels/sample_size") from None
+    return {"source": source if not is_local(source) else str(folder), "weights_sha256": h.hexdigest(),
+            "network": {k: v for k, v in network.items() if not k.startswith("_")},
+            "schedule": {k: v for k, v in schedule.items() if not k.startswith("_")}, "image_shape": shape}
+
+
+def _read_json(path: Path, source: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"model.pretrained {source!r}: {path.name} is missing in {path.parent}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.pretrained {source!r}: {path} is not readable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"model.pretrained {source!r}: {path} does not hold a JSON object")
+    return value
