@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="config keys (TOML):\n" + "\n".join(cfg.describe()))
     sweep.add_argument("--config", type=Path, help="sweep TOML (default: the shipped bench/configs/default.toml)")
     sweep.add_argument("--results", help="override the config's results root")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override one config key, e.g. --set quality.extractor=simclr --set name=mine (repeatable; "
+                            "VALUE is a TOML value or a bare string)")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
     sweep.add_argument("--rerun-stale", action="store_true",
@@ -44,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train every zoo artifact a sweep needs (skips those already trained)")
     train.add_argument("--config", type=Path, help="sweep TOML whose artifacts to train (default: the shipped one)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override one config key, as for sweep")
     train.add_argument("--out", type=Path, help="zoo folder to write to (default: $BENCH_ZOO or ~/.cache/bench/zoo; "
                        "bench/artifacts reproduces the shipped checkpoints)")
     train.add_argument("--force", action="store_true", help="retrain even when the artifact exists")
@@ -137,7 +142,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from bench import config as cfg
     from bench import report, store, sweep
 
-    config = cfg.load(args.config)
+    config = cfg.load(args.config, args.overrides)
     if args.results:
         config = dataclasses.replace(config, results=args.results)
     overrides = {k: v for k, v in {"kind": "ray" if args.ray_address else args.executor, "timeout_s": args.timeout,
@@ -195,7 +200,7 @@ def _train(args: argparse.Namespace) -> int:
     from bench import sweep, zoo
     from bench.train import train
 
-    config = cfg.load(args.config)
+    config = cfg.load(args.config, args.overrides)
     sweep.expand(config)  # validate before training anything
     for recipe in sweep.needed_artifacts(config):
         found = zoo.find(recipe, zoo.search_roots(args.out))

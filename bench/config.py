@@ -119,10 +119,14 @@ LIMITS = {"quality.n_samples": 1_000_000, "quality.reference_n": 1_000_000, "qua
           "executor.timeout_s": 7 * 86400.0, "batch": 65_536, "seed": 2**62, "cells": 100_000}
 
 
-def load(path: Path | str | None = None) -> SweepConfig:
-    """Read and validate a sweep config (the shipped default when ``path`` is None)."""
+def load(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Read and validate a sweep config (the shipped default when ``path`` is None), with ``KEY=VALUE`` overrides
+    (``quality.extractor=simclr``; VALUE is read as a TOML value, else as a string) applied before validation."""
     path = Path(path) if path else DEFAULT_CONFIG
-    config = _build(SweepConfig, _read_toml(path), "")
+    raw = _read_toml(path)
+    for override in overrides:
+        _override(raw, override)
+    config = _build(SweepConfig, raw, "")
     if config.model.dataset.startswith("folder:"):  # one folder, one address, however it is spelled
         from bench import data
 
@@ -133,6 +137,23 @@ def load(path: Path | str | None = None) -> SweepConfig:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, dataset=dataset))
     validate(config)
     return config
+
+
+def _override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise UserError(f"--set {override!r} is not KEY=VALUE (e.g. quality.extractor=simclr)")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: a string
+    table = raw
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):  # [[technique]] entries and several [[hardware]] grids: edit the file
+            raise UserError(f"--set {key}: '{part}' is not a single table in the config; edit the file instead")
+    table[parts[-1]] = value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -47,8 +47,8 @@ class Recipe:
 
         fields = self.to_dict()
         content = data.identity(self.dataset)
-        if content is not None:  # a folder dataset: what it holds is part of the address, not only its path
-            fields["dataset_content"] = content
+        if content is not None:  # a folder dataset: addressed by what it holds, not by where it lies
+            fields["dataset"] = f"folder-content:{content}"
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

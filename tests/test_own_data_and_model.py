@@ -80,6 +80,8 @@ def test_a_relative_spelling_is_the_same_folder(shapes: Path, tmp_path: Path, mo
 def test_a_folder_is_addressed_by_what_it_holds(tmp_path: Path) -> None:
     folder = write_shapes(tmp_path / "s", n=20, size=8)
     before = recipes.denoiser_recipe(f"folder:{folder}", 8).key
+    elsewhere = write_shapes(tmp_path / "moved elsewhere", n=20, size=8)  # the same images in another place
+    assert recipes.denoiser_recipe(f"folder:{elsewhere}", 8).key == before
     data._folder_hash.cache_clear()
     write_shapes(folder, n=21, size=8)  # one image more
     data._folder_hash.cache_clear()
