@@ -261,9 +261,12 @@ def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
         notes.append("Energy is estimated, not measured: codecarbon found no hardware energy counter "
                      f"({'; '.join(methods)}). Compare energy between rows of one machine only.")
     if "extractor" in ok and (ok["extractor"].dropna() != "inception-v3-compat").any():
-        notes.append("FID/KID/precision/recall use an offline feature extractor (a classifier bench trained), not "
-                     "Inception-v3: the numbers rank techniques on this data but are not comparable with published "
-                     "FIDs.")
+        names = ok.get("extractor_description", pd.Series(dtype=object)).dropna()
+        kinds = ("a SimCLR encoder" if names.str.contains("SimCLR").all() else "a classifier"
+                 if not names.str.contains("SimCLR").any() else "a classifier and a SimCLR encoder")
+        notes.append(f"FID/KID/precision/recall use an offline feature extractor ({kinds} bench trained on this "
+                     "data), not Inception-v3: the numbers rank techniques on this data but are not comparable with "
+                     "published FIDs, nor between extractors.")
     if "n_generated" in ok and ok["n_generated"].notna().any():
         ns = sorted({int(n) for n in ok["n_generated"].dropna()})
         if ns[0] < SMALL_N:

@@ -129,7 +129,8 @@ class CellRunner:
     def _quality_refs(self) -> tuple[quality.Extractor, torch.Tensor]:
         if self._extractor is None:
             m, q = self.config.model, self.config.quality
-            self._extractor = quality.resolve_extractor(q.extractor, m.dataset, m.resolution, q.extractor_steps)
+            self._extractor = quality.resolve_extractor(q.extractor, m.dataset, m.resolution, q.extractor_steps,
+                                                        self.progress)
             self._reference = quality.reference_features(m.dataset, q.reference_split, m.resolution, q.reference_n,
                                                          self._extractor)
         if self._reference_entry is None or not (self.store.root / self._reference_entry["file"]).is_file():
