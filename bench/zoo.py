@@ -111,11 +111,12 @@ def ensure(recipe: Recipe, out: Path | None = None, progress: bool = True) -> Ar
     found = find(recipe, search_roots(out))
     if found is not None:
         return found
-    from bench.train import train
+    from bench.train import OBJECTIVES, train
 
     target = out or user_zoo()
-    print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); training it "
-          f"({recipe.steps} steps, batch {recipe.batch}) into {target}", flush=True)
+    doing = (f"training it ({recipe.steps} steps, batch {recipe.batch})" if OBJECTIVES[recipe.objective].trains
+             else "importing it")
+    print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); {doing} into {target}", flush=True)
     return train(recipe, target, progress=progress)
 
 
