@@ -49,6 +49,7 @@ class Recipe:
         content = data.identity(self.dataset)
         if content is not None:  # a folder dataset: addressed by what it holds, not by where it lies
             fields["dataset"] = f"folder-content:{content}"
+            fields["name"] = self.name.replace(self.dataset, fields["dataset"])
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -1,6 +1,7 @@
 """The shipped zoo holds every artifact the default sweep needs, intact, so a fresh machine does not train."""
 
 import json
+from pathlib import Path
 
 from bench import config as cfg
 from bench import sweep, zoo
@@ -18,11 +19,15 @@ def test_default_sweep_artifacts_are_shipped_and_intact() -> None:
         assert json.loads((artifact.path / zoo.RECIPE_FILE).read_text())["steps"] == recipe.steps
 
 
-def test_bench_train_finds_the_default_artifacts_up_to_date() -> None:
-    result = run_cli("train", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    shipped = [d for d in zoo.SHIPPED_ZOO.iterdir() if (d / zoo.RECORD_FILE).exists()]
+def test_bench_train_finds_every_shipped_artifact_up_to_date() -> None:
+    shipped = {d.name for d in zoo.SHIPPED_ZOO.iterdir() if (d / zoo.RECORD_FILE).exists()}
     # the FID classifier, the baseline ε-model, the dual-output network, the ODE U-Net, the VAE and TDPM priors, four
-    # progressive students and the consistency student
-    assert len(shipped) == 11
-    assert result.stdout.count("up to date") == len(shipped) and "trained" not in result.stdout
+    # progressive students and the consistency student; and the SimCLR extractor results/extractor_simclr used
+    assert len(shipped) == 12
+    found = set()
+    for override in ([], ["--set", "quality.extractor=simclr"]):
+        result = run_cli("train", "--no-progress", *override)
+        assert result.returncode == 0 and "trained" not in result.stdout, result.stdout + result.stderr
+        found |= {Path(line.split(" up to date at ")[1]).name for line in result.stdout.splitlines()
+                  if " up to date at " in line}
+    assert found == shipped

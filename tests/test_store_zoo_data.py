@@ -15,8 +15,12 @@ from bench.model import load_denoiser, save_denoiser
 
 
 def _record(spec_hash: str, status: str = "ok", **metrics) -> dict:
-    return {"spec_hash": spec_hash, "status": status, "spec": {"technique": "t", "params": {"a": 1}, "steps": 5},
-            "metrics": metrics, "provenance": {"git_commit": "abc", "versions": {"torch": "2"}}}
+    spec = {"technique": "t", "params": {"a": 1}, "steps": 5, "device": "cpu", "dtype": "float32", "threads": 1,
+            "compile": False, "batch": 4, "n_samples": 8}
+    if status == "ok":  # what every ok record holds (store.check_record)
+        metrics = {"nfe": 5, "latency_per_image_ms": 1.0, "flops_per_image": 10, "fid": 1.0, **metrics}
+    return {"spec_hash": spec_hash, "status": status, "spec": spec, "metrics": metrics,
+            "provenance": {"git_commit": "abc", "versions": {"torch": "2"}}}
 
 
 def test_store_roundtrip_and_corrupt_file_is_skipped(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from bench.compare import match_key
 from bench.measure import quality
 from bench.store import load
 
-
 # Real sets disjoint from the reference (test[:2000]): two of the same writers' part of the test split, one of its
 # other part, and two of the training split. MNIST's test split is ordered by writer population, so its first
 # images are not a random draw of the split (measured here: see the README).
