@@ -19,6 +19,15 @@ from bench.train import load_artifact
 from tests.conftest import run_cli
 from tests.shapes import write_shapes
 
+# a few timed batches of 16 at 1 thread: cells of seconds
+TIMING = """[latency]
+min_repeats = 2
+min_seconds = 0.0
+denoiser_repeats = 2
+[hardware]
+batch = [16]
+threads = [1]
+"""
 FOLDER_CONFIG = """name = "shapes"
 [model]
 dataset = "folder:{folder}"
@@ -29,18 +38,15 @@ n_samples = 32
 extractor_steps = 80
 {quality}
 bootstrap = 10
-[latency]
-min_repeats = 2
-min_seconds = 0.0
-denoiser_repeats = 2
-[hardware]
-batch = [16]
-threads = [1]
-[[technique]]
+{timing}[[technique]]
 name = "step_reduction"
 steps = [3]
 """
 QUALITY = 'reference_split = "train"\nreference_n = 100'
+
+
+def folder_config(folder: Path | str, quality: str = QUALITY) -> str:
+    return FOLDER_CONFIG.format(folder=folder, quality=quality, timing=TIMING)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_folder_anywhere_sweeps_offline_and_is_not_trained_twice(shapes: Path, tmp_path: Path) -> None:
     config = tmp_path / "shapes.toml"
-    config.write_text(FOLDER_CONFIG.format(folder=shapes, quality=QUALITY))
+    config.write_text(folder_config(shapes))
     args = ("sweep", "--config", str(config), "--results", str(tmp_path / "results"), "--no-progress")
     first = run_cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -69,10 +75,10 @@ def test_a_folder_anywhere_sweeps_offline_and_is_not_trained_twice(shapes: Path,
 
 def test_a_relative_spelling_is_the_same_folder(shapes: Path, tmp_path: Path, monkeypatch) -> None:
     absolute = tmp_path / "abs.toml"
-    absolute.write_text(FOLDER_CONFIG.format(folder=shapes, quality=QUALITY))
+    absolute.write_text(folder_config(shapes))
     monkeypatch.chdir(shapes.parent)
     relative = tmp_path / "rel.toml"
-    relative.write_text(FOLDER_CONFIG.format(folder=f"./{shapes.name}", quality=QUALITY))
+    relative.write_text(folder_config(f"./{shapes.name}"))
     assert ([c.spec_hash for c in sweep.expand(cfg.load(relative))]
             == [c.spec_hash for c in sweep.expand(cfg.load(absolute))])
 
@@ -96,7 +102,7 @@ def test_a_folder_is_addressed_by_what_it_holds(tmp_path: Path) -> None:
 def test_what_a_folder_config_can_know_is_wrong_is_said_before_training(shapes: Path, tmp_path: Path, quality: str,
                                                                           message: str) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text(FOLDER_CONFIG.format(folder=shapes, quality=quality))
+    config.write_text(folder_config(shapes, quality))
     result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / "results"), "--no-progress")
     assert result.returncode == 2 and message in result.stderr and "training" not in result.stdout, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -131,14 +137,7 @@ n_samples = 32
 extractor_steps = 150
 reference_n = 300
 bootstrap = 10
-[latency]
-min_repeats = 2
-min_seconds = 0.0
-denoiser_repeats = 2
-[hardware]
-batch = [16]
-threads = [1]
-{techniques}""")
+{TIMING}{techniques}""")
     return path
 
 
