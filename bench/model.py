@@ -81,6 +81,17 @@ def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
     return directory / "unet" / "diffusion_pytorch_model.safetensors"
 
 
+def unet_folder(folder: Path) -> Path:
+    """The network's folder inside a diffusers pipeline folder (``unet/``), or the folder itself for a bare model."""
+    return folder / "unet" if (folder / "unet" / "config.json").exists() else folder
+
+
+def scheduler_file(folder: Path) -> Path | None:
+    """The scheduler config of a pipeline folder (``scheduler/``) or beside a bare model, if any."""
+    return next((p for p in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json")
+                 if p.is_file()), None)
+
+
 def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | None = None) -> Denoiser:
     """A ``Denoiser`` from a local diffusers folder (pipeline layout or a bare UNet folder) or a hub id; the network
     is a ``UNet2DModel`` unless ``net_class`` names another diffusers ``ModelMixin`` with the same config keys
@@ -92,9 +103,7 @@ def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | Non
     path = Path(source).expanduser()
     try:
         if path.is_dir():
-            unet_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
-            sched_file = next((p for p in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json")
-                               if p.exists()), None)
+            unet_dir, sched_file = unet_folder(path), scheduler_file(path)
             scheduler_config = dict(DDPM_SCHEDULE) if sched_file is None else json.loads(sched_file.read_text())
             net = net_class.from_pretrained(unet_dir, low_cpu_mem_usage=False)
         else:  # a hub id such as google/ddpm-cifar10-32: needs a network or a populated HF cache

@@ -5,7 +5,6 @@ TDPM prior, a dual-output or continuous U-Net of its architecture) is content-ad
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -40,40 +39,30 @@ def resolve(source: str) -> Path:
                         f"({first})") from None
 
 
-def unet_folder(folder: Path) -> Path:
-    """The network's folder inside a pipeline folder (``unet/``), or the folder itself for a bare model."""
-    return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-
-
 @functools.lru_cache(maxsize=8)
 def describe(source: str) -> dict[str, Any]:
     """What a recipe keeps about ``source``: where it came from, its weights hash, its network config (constructor
     kwargs, diffusers' private keys dropped), its scheduler config and the image shape it takes."""
+    from bench.model import DDPM_SCHEDULE, scheduler_file, unet_folder
+    from bench.zoo import weights_sha256
+
     folder = resolve(source)
     net_dir = unet_folder(folder)
     network = _read_json(net_dir / "config.json", source)
     kind = network.get("_class_name", "UNet2DModel")
     if kind not in SUPPORTED_CLASSES:
         raise UserError(f"model.pretrained {source!r} is a {kind}; supported: {', '.join(SUPPORTED_CLASSES)}")
-    sched_file = next((p for p in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json")
-                       if p.is_file()), None)
-    from bench.model import DDPM_SCHEDULE
-
+    sched_file = scheduler_file(folder)
     schedule = dict(DDPM_SCHEDULE) if sched_file is None else _read_json(sched_file, source)
     weights = sorted(net_dir.glob("diffusion_pytorch_model*.safetensors")) or sorted(
         net_dir.glob("diffusion_pytorch_model*.bin"))
     if not weights:
         raise UserError(f"model.pretrained {source!r}: no diffusion_pytorch_model weights in {net_dir}")
-    h = hashlib.sha256()
-    for file in weights:
-        with open(file, "rb") as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(chunk)
     try:
         shape = (int(network["in_channels"]), int(network["sample_size"]), int(network["sample_size"]))
     except (KeyError, TypeError, ValueError):
         raise UserError(f"model.pretrained {source!r}: its config has no integer in_channels/sample_size") from None
-    return {"source": source if not is_local(source) else str(folder), "weights_sha256": h.hexdigest(),
+    return {"source": source if not is_local(source) else str(folder), "weights_sha256": weights_sha256(*weights),
             "network": {k: v for k, v in network.items() if not k.startswith("_")},
             "schedule": {k: v for k, v in schedule.items() if not k.startswith("_")}, "image_shape": shape}
 

@@ -267,7 +267,7 @@ def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: lis
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": provenance("cpu"),
         "command": "python -m bench train",
-        **({"dataset_content_sha256": data.identity(recipe.dataset)} if data.identity(recipe.dataset) else {}),
+        **({"dataset_content_sha256": content} if (content := data.identity(recipe.dataset)) else {}),
         **({"imported_from": recipe.options.get("source"), "source_weights_sha256": recipe.options.get(
             "weights_sha256")} if not objective.trains else {}),
         **_source_costs(steps, wall, objective.sources),

@@ -121,11 +121,13 @@ def ensure(recipe: Recipe, out: Path | None = None, progress: bool = True) -> Ar
     return train(recipe, target, progress=progress)
 
 
-def weights_sha256(path: Path) -> str:
+def weights_sha256(*paths: Path) -> str:
+    """sha256 of the files' bytes, in order (one file: its own sha256; sharded weights: all shards)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
