@@ -91,6 +91,12 @@ class ExecutorConfig:
     ray_num_cpus: int = knob(0, "ray: CPUs each cell requests (0 = the cell's thread count); CUDA cells ask 1 GPU")
     accelerator_type: str = knob("", "ray: the accelerator type a cell's node must have (e.g. H100), so a hardware "
                                      "sweep lands on the right nodes")
+    max_retries: int = knob(3, "ray: how often Ray reruns a cell whose worker or node died (a lost or pre-empted "
+                               "node); the cell's own errors are never retried")
+    retry_oom: bool = knob(False, "ray: also rerun a cell that Ray's memory monitor killed (up to max_retries); "
+                                  "otherwise it is stored as failed: out of memory")
+    artifact_location: str = knob("", "ray: a shared folder or fsspec URL (s3://bucket/zoo) the driver publishes "
+                                      "artifacts to by content hash; empty sends them through Ray's object store")
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,7 @@ def validate(config: SweepConfig) -> None:
     _range("executor.timeout_s", ex.timeout_s, 0.0)
     _range("executor.local_cpus", ex.local_cpus, 0, 4096)
     _range("executor.ray_num_cpus", ex.ray_num_cpus, 0, 4096)
+    _range("executor.max_retries", ex.max_retries, 0, 100)
     _validate_data(config)
 
 

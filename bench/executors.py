@@ -2,12 +2,16 @@
 
 Every executor only *computes* records and hands them back; the sweep's driver alone writes them to the store, so a
 record reaches the store exactly once whichever executor ran it. A cell that raises, runs out of memory, crashes its
-worker or runs past the timeout comes back as a ``failed`` record with the reason.
+worker or runs past the timeout comes back as a ``failed`` record with the reason. Cells get their artifacts from the
+driver's manifest (``bench.delivery``) and never train. Each record says where it ran (``execution``: executor, node,
+attempts).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import platform
 import signal
 import socket
 import tempfile
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import config as cfg
+from bench import delivery, zoo
 from bench.errors import UserError
 from bench.store import Store
 from bench.sweep import Cell
@@ -42,10 +47,11 @@ def run_cell(runner: Any, cell: Cell) -> dict[str, Any]:
         return runner.failure(cell, message, traceback.format_exc())
 
 
-def _worker_record(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict[str, Any]:
+def _worker_record(config: cfg.SweepConfig, cell: Cell, prior: Prior, manifest: delivery.Manifest,
+                   get_ref: Callable[[Any], bytes] | None = None) -> dict[str, Any]:
     """What a fresh worker (process or Ray task, possibly on another node) computes for one cell. It writes nothing
     to the store: its files travel back in the record (``FILES``) for the driver to save; the stored files of the
-    records it may reuse or extend came with them the same way."""
+    records it may reuse or extend came with them the same way. Its artifacts come through ``manifest``."""
     from bench.runner import CellRunner
 
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as scratch:
@@ -57,7 +63,8 @@ def _worker_record(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict[st
             for relative, data in record.pop(FILES, {}).items():
                 scratch_store.save_file(relative, data)
             runner.remember(source_cell, record)
-        record = run_cell(runner, cell)
+        with zoo.provided_by(delivery.Provider(manifest, get_ref)):
+            record = run_cell(runner, cell)
         files = {rel: (Path(scratch) / rel).read_bytes() for rel in record_files(record)
                  if (Path(scratch) / rel).is_file()}
         if files:
@@ -77,6 +84,11 @@ def _failure(config: cfg.SweepConfig, cell: Cell, error: str) -> dict[str, Any]:
     return CellRunner(config, Store(config.store_path), progress=False).failure(cell, error)
 
 
+def _here(executor: str) -> dict[str, Any]:
+    """``execution`` of a record computed on this machine in one attempt."""
+    return {"executor": executor, "attempts": 1, "nodes": [{"host": platform.node()}]}
+
+
 class Inline:
     """Every cell in this process, one after another, sharing loaded models (the default)."""
 
@@ -88,10 +100,14 @@ class Inline:
     def remember(self, cell: Cell, record: dict[str, Any]) -> None:
         self.runner.remember(cell, record)
 
-    def run(self, cells: list[Cell], claim: Claim) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    def run(self, cells: list[Cell], claim: Claim,
+            manifest: delivery.Manifest) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        provider = delivery.Provider(manifest)
         for cell in cells:
             if claim(cell):
-                record = run_cell(self.runner, cell)
+                with zoo.provided_by(provider):
+                    record = run_cell(self.runner, cell)
+                record["execution"] = _here("inline")
                 self.runner.remember(cell, record)
                 yield cell, record
 
@@ -125,18 +141,19 @@ class _Workers:
         return found
 
 
-def _process_main(config: cfg.SweepConfig, cell: Cell, prior: Prior, conn: Any) -> None:
-    conn.send(_worker_record(config, cell, prior))
+def _process_main(config: cfg.SweepConfig, cell: Cell, prior: Prior, manifest: delivery.Manifest, conn: Any) -> None:
+    conn.send(_worker_record(config, cell, prior, manifest))
     conn.close()
 
 
-def run_in_subprocess(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict[str, Any]:
+def run_in_subprocess(config: cfg.SweepConfig, cell: Cell, prior: Prior,
+                      manifest: delivery.Manifest) -> dict[str, Any]:
     """One cell in a fresh process: its record, or a failed record when it times out, is killed or crashes."""
     ctx = multiprocessing.get_context("spawn")  # no fork: torch's thread pools and locks do not survive it
     timeout = config.executor.timeout_s or None
     receive, send = ctx.Pipe(duplex=False)
     # not daemonic: a cell may start processes of its own (torch.compile's compile workers)
-    worker = ctx.Process(target=_process_main, args=(config, cell, prior, send))
+    worker = ctx.Process(target=_process_main, args=(config, cell, prior, manifest, send))
     worker.start()
     send.close()
     record = None
@@ -157,10 +174,12 @@ def run_in_subprocess(config: cfg.SweepConfig, cell: Cell, prior: Prior) -> dict
 class Process(_Workers):
     """A fresh process per cell: clean peak-memory figures, a crash or OOM kill takes only its cell, and a timeout."""
 
-    def run(self, cells: list[Cell], claim: Claim) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    def run(self, cells: list[Cell], claim: Claim,
+            manifest: delivery.Manifest) -> Iterator[tuple[Cell, dict[str, Any]]]:
         for cell in cells:
             if claim(cell):
-                record = run_in_subprocess(self.config, cell, self.prior_for(cell))
+                record = run_in_subprocess(self.config, cell, self.prior_for(cell), manifest)
+                record["execution"] = _here("process")
                 self.remember(cell, record)
                 yield cell, record
 
@@ -173,8 +192,48 @@ def _death(exitcode: int | None) -> str:
     return f"worker process exited with code {exitcode} without a record"
 
 
+def _ray_cell(config: cfg.SweepConfig, cell: Cell, prior: Prior, manifest: delivery.Manifest,
+              attempts: Any) -> dict[str, Any]:
+    """One cell as a Ray task: says which node this attempt runs on, then computes the record (in a subprocess it
+    can kill at ``executor.timeout_s``, once the node holds the cell's artifacts)."""
+    import ray
+
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "host": platform.node()}
+    try:
+        ray.get(attempts.start.remote(cell.spec_hash, node), timeout=30)
+    except Exception:  # bookkeeping never costs a cell its result
+        pass
+    if not config.executor.timeout_s:
+        return _worker_record(config, cell, prior, manifest, ray.get)
+    try:
+        delivery.Provider(manifest, ray.get).prefetch()
+    except Exception as exc:
+        return _failure(config, cell, f"{type(exc).__name__}: {exc}")
+    return run_in_subprocess(config, cell, prior, manifest)
+
+
+class _Attempts:
+    """The nodes each cell's attempts started on, kept on the driver's node (a retried task's earlier attempts
+    died with their node; the driver learns of them here)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, list[dict[str, Any]]] = {}
+
+    def start(self, spec_hash: str, node: dict[str, Any]) -> None:
+        self.nodes.setdefault(spec_hash, []).append(node)
+
+    def of(self, spec_hash: str) -> list[dict[str, Any]]:
+        return self.nodes.get(spec_hash, [])
+
+
 class Ray(_Workers):
-    """Cells as Ray tasks with resource requests; joins ``executor.ray_address`` or starts a local Ray."""
+    """Cells as Ray tasks with resource requests; joins ``executor.ray_address`` or starts a local Ray.
+
+    A task whose worker or node dies is rerun by Ray (``executor.max_retries``); only the driver writes records, so a
+    rerun cannot store a cell twice. A cell no alive node can hold fails at once. Cells of the same images wait for
+    one another, so none re-scores what another node is scoring.
+    """
 
     def __init__(self, config: cfg.SweepConfig) -> None:
         super().__init__(config)
@@ -186,6 +245,8 @@ class Ray(_Workers):
         ex = config.executor
         if ex.ray_address and ex.ray_address != "auto":
             _require_reachable(ex.ray_address)
+        # the owner (this driver) decides retries of tasks the memory monitor killed; read when Ray starts here
+        os.environ.setdefault("RAY_task_oom_retries", str(ex.max_retries if ex.retry_oom else 0))
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": ex.ray_address} if ex.ray_address else {
                 "num_cpus": ex.local_cpus or None, "include_dashboard": False}
@@ -195,32 +256,82 @@ class Ray(_Workers):
                 raise UserError(f"cannot start or join Ray ({ex.ray_address or 'local'}): {exc}") from exc
 
     def options(self, cell: Cell) -> dict[str, Any]:
-        """The resources a cell asks of the cluster: its threads as CPUs, one GPU for CUDA cells, the node label."""
+        """The resources a cell asks of the cluster (its threads as CPUs, one GPU for CUDA cells, the accelerator
+        type) and its retries on system failures."""
         ex = self.config.executor
-        options: dict[str, Any] = {"num_cpus": ex.ray_num_cpus or cell.spec["threads"], "max_retries": 0}
+        options: dict[str, Any] = {"num_cpus": ex.ray_num_cpus or cell.spec["threads"],
+                                   "max_retries": ex.max_retries, "retry_exceptions": False}
         if cell.spec["device"].startswith("cuda"):
             options["num_gpus"] = 1
         if ex.accelerator_type:
             options["accelerator_type"] = ex.accelerator_type
         return options
 
-    def run(self, cells: list[Cell], claim: Claim) -> Iterator[tuple[Cell, dict[str, Any]]]:
-        ray = self.ray
-        # with a timeout, the task runs its cell in a subprocess on the node, which it can kill at the limit
-        task = ray.remote(run_in_subprocess if self.config.executor.timeout_s else _worker_record)
-        pending = {task.options(**self.options(cell)).remote(self.config, cell, self.prior_for(cell)): cell
-                   for cell in cells if claim(cell)}
-        while pending:
+    def unplaceable(self, options: dict[str, Any], nodes: list[dict[str, float]]) -> str | None:
+        """Why no alive node can ever run a task with ``options`` (None when one can)."""
+        need = {"CPU": options["num_cpus"], "GPU": options.get("num_gpus", 0)}
+        if options.get("accelerator_type"):
+            need[f"accelerator_type:{options['accelerator_type']}"] = 0.001  # how Ray labels a node's accelerator
+        need = {k: v for k, v in need.items() if v}
+        if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+            return None
+        offers = "; ".join(_resources({k: node.get(k, 0) for k in need}) for node in nodes) or "nothing"
+        return (f"no node of the Ray cluster can run this cell: it needs {_resources(need)}, and its "
+                f"{len(nodes)} alive node(s) offer {offers}")
+
+    def run(self, cells: list[Cell], claim: Claim,
+            manifest: delivery.Manifest) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        ray, ex = self.ray, self.config.executor
+        manifest = (delivery.publish_to_location(manifest, ex.artifact_location) if ex.artifact_location
+                    else delivery.publish_to_ray(manifest, ray))
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        attempts = ray.remote(num_cpus=0)(_Attempts).options(scheduling_strategy=here).remote()
+        task = ray.remote(_ray_cell)
+        nodes = [{k: v for k, v in n["Resources"].items() if not k.startswith("node:")}
+                 for n in ray.nodes() if n.get("Alive")]
+        waiting, pending, busy = list(cells), {}, set()
+        while waiting or pending:
+            for cell in list(waiting):
+                keys = {cell.images_key, cell.extension_key}
+                if keys & busy:  # a cell of the same images is running: it may reuse that one's quality
+                    continue
+                waiting.remove(cell)
+                if not claim(cell):
+                    continue
+                options = self.options(cell)
+                missing = self.unplaceable(options, nodes)
+                if missing:
+                    yield cell, {**_failure(self.config, cell, missing),
+                                 "execution": {"executor": "ray", "attempts": 0, "nodes": []}}
+                    continue
+                ref = task.options(**options).remote(self.config, cell, self.prior_for(cell), manifest, attempts)
+                pending[ref], busy = cell, busy | keys
+            if not pending:
+                continue
             done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            cell = pending.pop(ref)
+            cell = pending.pop(done[0])
+            busy -= {cell.images_key, cell.extension_key}
+            started = ray.get(attempts.of.remote(cell.spec_hash))
             try:
-                record = ray.get(ref)
+                record = ray.get(done[0])
             except ray.exceptions.OutOfMemoryError as exc:
-                record = _failure(self.config, cell, f"out of memory: Ray killed the task ({str(exc)[:200]})")
+                record = _failure(self.config, cell, f"out of memory: Ray's memory monitor killed the task "
+                                                     f"({str(exc)[:200]})")
             except ray.exceptions.RayError as exc:
-                record = _failure(self.config, cell, f"Ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
+                record = _failure(self.config, cell, f"Ray task failed on all {len(started)} attempt(s) "
+                                                     f"(executor.max_retries = {ex.max_retries}): "
+                                                     f"{type(exc).__name__}: {str(exc)[:300]}")
+            record["execution"] = {"executor": "ray", "attempts": len(started), "nodes": started}
+            self.remember(cell, record)
             yield cell, record
+
+
+def _resources(resources: dict[str, float]) -> str:
+    """``CPU 4, GPU 1``; an accelerator label by its name."""
+    return ", ".join(k if k.startswith("accelerator_type:") and v else f"{k} {v:g}"
+                     for k, v in resources.items()) or "nothing"
 
 
 def _require_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -237,7 +237,8 @@ def read_record(file: Path) -> dict[str, Any]:
 _TOP_TYPES = {"schema_version": int, "written_at": str, "spec": dict, "metrics": dict, "raw": dict, "info": dict,
               "observations": dict, "artifacts": dict, "features": dict, "image_digests": dict, "machine": str,
               "fingerprint": dict, "roofline": dict, "technique_version": str, "sample_grid": str,
-              "provenance": dict, "error": str, "reason": str, "traceback": str}
+              "provenance": dict, "error": str, "reason": str, "traceback": str,
+              "execution": dict}
 _SPEC_TYPES = {"technique": str, "params": dict, "steps": int, "device": str, "dtype": str, "threads": int,
                "compile": bool, "batch": int, "machine": str, "n_samples": int, "seed": int, "dataset": str,
                "resolution": int, "model": dict, "artifacts": dict, "extractor": str, "reference_split": str,
@@ -351,6 +352,11 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     row["info"] = record.get("info")
     row["features"] = record.get("features")
     row["observations"] = record.get("observations")
+    execution = record.get("execution") or {}
+    nodes = execution.get("nodes") if isinstance(execution.get("nodes"), list) else []
+    last = nodes[-1] if nodes and isinstance(nodes[-1], dict) else {}
+    row.update(executor=execution.get("executor"), attempts=execution.get("attempts"),
+               node=last.get("node_id") or last.get("host"))
     return row
 
 

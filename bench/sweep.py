@@ -66,18 +66,22 @@ def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe:
     return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps)
 
 
-def needed_artifacts(config: cfg.SweepConfig) -> list[recipes.Recipe]:
-    """Every zoo artifact a sweep of ``config`` uses, each once, in training order (the FID extractor, the base
-    model, then each technique's artifacts as it declares them: teachers before their students)."""
+def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -> list[recipes.Recipe]:
+    """Every zoo artifact a sweep of ``config`` (or just its ``cells``) uses, each once, in training order (the FID
+    extractor, the base model, then each technique's artifacts as it declares them: teachers before students)."""
     base = base_recipe(config)
     m, q = config.model, config.quality
     extractor = recipes.extractor_recipe(q.extractor, m.dataset, m.resolution, q.extractor_steps)
     needed = [extractor] if extractor else []
     needed.append(base)
-    for entry in config.technique:
-        technique = registry.get(entry.name)
-        for params in expand_params(technique, entry):
-            needed += list(technique.artifacts(params, base).values())
+    if cells is None:
+        uses = [(registry.get(entry.name), params) for entry in config.technique
+                for params in expand_params(registry.get(entry.name), entry)]
+    else:
+        uses = [(registry.get(c.spec["technique"]), registry.get(c.spec["technique"]).Params(**c.spec["params"]))
+                for c in cells]
+    for technique, params in uses:
+        needed += list(technique.artifacts(params, base).values())
     return list({recipe.key: recipe for recipe in needed}.values())
 
 
@@ -167,9 +171,10 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
 
     Only this driver writes records, one atomic file per cell, as each result arrives: killed at any moment, the store
     holds every finished cell and a rerun redoes at most the cells that were in flight. Cells are claimed just before
-    they start, so two sweeps sharing a store split the work instead of duplicating it.
+    they start, so two sweeps sharing a store split the work instead of duplicating it. Every artifact the cells to
+    run need is trained (once, under the zoo's lock) before the first cell starts; cells receive them by hash.
     """
-    from bench import executors
+    from bench import delivery, executors
 
     cells = expand(config)
     store = Store(config.store_path)
@@ -211,6 +216,7 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
                 or (source.images_key in wanted_images and existing.get("image_digests"))):
             executor.remember(source, existing)
 
+    manifest = delivery.prepare(needed_artifacts(config, todo), progress) if todo else {}
     started: dict[str, float] = {}
 
     def claim(cell: Cell) -> bool:
@@ -224,7 +230,7 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
         started[cell.spec_hash] = time.perf_counter()
         return True
 
-    for cell, record in executor.run(todo, claim):
+    for cell, record in executor.run(todo, claim, manifest):
         try:
             for relative, data in record.pop(executors.FILES, {}).items():
                 store.save_file(relative, data)

@@ -242,7 +242,7 @@ def _source_costs(steps: int, wall: float, sources: list[zoo.Artifact]) -> dict[
     """The artifacts this one was trained from and the total cost including theirs (each counted once)."""
     if not sources:
         return {}
-    summaries = {a.recipe.key: {k: v for k, v in a.summary().items() if k != "path"} for a in sources}
+    summaries = {a.recipe.key: a.summary() for a in sources}
     return {"sources": list(summaries.values()),
             "total_steps": steps + sum(s["train_total_steps"] or 0 for s in summaries.values()),
             "total_wall_s": round(wall + sum(s["train_total_wall_s"] or 0 for s in summaries.values()), 2)}

@@ -2,14 +2,21 @@
 
 Artifacts are content-addressed folders ``<name>-<key>`` where ``key`` hashes the whole recipe. They are looked up
 in the shipped zoo (``bench/artifacts``, trained by ``python -m bench train`` and committed) and then in the user's
-zoo (``$BENCH_ZOO``, default ``~/.cache/bench/zoo``), where newly trained artifacts go.
+zoo (``$BENCH_ZOO``, default ``~/.cache/bench/zoo``), where newly trained artifacts go. Trainings of one recipe
+into one zoo are serialised by a file lock, so concurrent sweeps on a machine train it once.
+
+Inside a cell, artifacts are not looked up or trained here but *provided* (``provided_by``): the sweep's driver
+resolved them before dispatch and the worker receives each by its content hash (``bench.delivery``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,16 +80,19 @@ class Artifact:
 
     recipe: Recipe
     path: Path
+    sha256: str | None = None  # content hash of the folder, when already known (the driver's resolution)
 
     @property
     def record(self) -> dict[str, Any]:
         return json.loads((self.path / RECORD_FILE).read_text())
 
     def summary(self) -> dict[str, Any]:
-        """What a results row keeps about the artifact: address, weights hash and training cost."""
+        """What a results row keeps about the artifact: a location-independent id (no machine path), the content
+        hash of its folder, its weights hash and its training cost."""
         rec = self.record
-        return {"recipe": self.recipe.name, "key": self.recipe.key, "path": str(self.path),
-                "weights_sha256": rec.get("weights_sha256"), "train_steps": rec.get("steps"),
+        return {"recipe": self.recipe.name, "key": self.recipe.key, "id": self.recipe.folder_name,
+                "sha256": self.sha256 or tree_sha256(self.path), "weights_sha256": rec.get("weights_sha256"),
+                "train_steps": rec.get("steps"),
                 "train_wall_s": rec.get("wall_s"), "train_device": rec.get("hardware", {}).get("device_name"),
                 # with every artifact it was trained from (a distillation chain, a warm start): its full cost
                 "train_total_steps": rec.get("total_steps", rec.get("steps")),
@@ -107,18 +117,52 @@ def find(recipe: Recipe, roots: list[Path] | None = None) -> Artifact | None:
     return None
 
 
+Provider = Callable[[Recipe], Artifact]
+_provider: ContextVar[Provider | None] = ContextVar("bench_zoo_provider", default=None)
+
+
+@contextlib.contextmanager
+def provided_by(provider: Provider) -> Iterator[None]:
+    """Within the block, ``ensure`` asks ``provider`` for every artifact and never trains (a sweep's cells)."""
+    token = _provider.set(provider)
+    try:
+        yield
+    finally:
+        _provider.reset(token)
+
+
 def ensure(recipe: Recipe, out: Path | None = None, progress: bool = True) -> Artifact:
-    """The artifact for ``recipe``, training it (and saying so) when no zoo has it."""
+    """The artifact for ``recipe``, training it (and saying so) when no zoo has it; inside ``provided_by``, the
+    provider's artifact."""
+    provider = _provider.get()
+    if provider is not None:
+        return provider(recipe)
     found = find(recipe, search_roots(out))
     if found is not None:
         return found
+    from filelock import FileLock
+
     from bench.train import OBJECTIVES, train
 
     target = out or user_zoo()
-    doing = (f"training it ({recipe.steps} steps, batch {recipe.batch})" if OBJECTIVES[recipe.objective].trains
-             else "importing it")
-    print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); {doing} into {target}", flush=True)
-    return train(recipe, target, progress=progress)
+    target.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target / f".{recipe.folder_name}.lock")):
+        found = find(recipe, search_roots(out))  # trained by another process while this one waited
+        if found is not None:
+            return found
+        doing = (f"training it ({recipe.steps} steps, batch {recipe.batch})" if OBJECTIVES[recipe.objective].trains
+                 else "importing it")
+        print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); {doing} into {target}", flush=True)
+        return train(recipe, target, progress=progress)
+
+
+def tree_sha256(folder: Path) -> str:
+    """Content hash of an artifact folder: every file's relative path and sha256, in path order (locations and
+    timestamps do not enter, so a copy anywhere hashes the same)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(folder).as_posix()}\0{weights_sha256(path)}\n".encode())
+    return h.hexdigest()
 
 
 def weights_sha256(*paths: Path) -> str:

@@ -79,10 +79,11 @@ def test_process_executor_records_equal_inline_records(tiny_sweep, tmp_path: Pat
         assert _comparable(record) == _comparable(inline[record["spec_hash"]])
 
 
-def _sweep_process(config: Path, results: Path) -> subprocess.Popen:
+def _sweep_process(config: Path, results: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench", "sweep", "--config", str(config), "--results",
                              str(results), "--no-progress", "--report", str(results / "r.html")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
 
 
 def test_kill_9_mid_sweep_then_rerun_completes_without_loss_or_duplicates(tmp_path: Path) -> None:
@@ -107,12 +108,14 @@ def test_kill_9_mid_sweep_then_rerun_completes_without_loss_or_duplicates(tmp_pa
     assert not list(results.rglob("records/.claims/*"))  # the killed sweep's claim was taken over and released
 
 
-def test_two_sweeps_on_one_store_split_the_cells_and_leave_it_consistent(tmp_path: Path) -> None:
+def test_two_sweeps_on_one_store_train_once_split_the_cells_and_leave_it_consistent(tmp_path: Path) -> None:
     config = _config(tmp_path, _entry("step_reduction", "[3, 4]", '{ sampler = ["ddim", "dpmpp_2m", "unipc"] }'))
     results = tmp_path / "res"
-    first, second = _sweep_process(config, results), _sweep_process(config, results)
+    empty_zoo = {"BENCH_ZOO": str(tmp_path / "zoo")}  # both sweeps find nothing trained: the zoo's lock decides
+    first, second = _sweep_process(config, results, empty_zoo), _sweep_process(config, results, empty_zoo)
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert sum(out.count("; training it (") for out in outputs) == 2, outputs  # the classifier and the base model
     ran = sum(out.count(": FID") for out in outputs)
     assert ran == 6, outputs  # every cell ran exactly once across the two sweeps
     df = store.load(results)
@@ -124,7 +127,7 @@ def test_ray_executor_records_equal_inline_records(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     entries = _entry("step_reduction", params='{ sampler = ["ddim", "dpmpp_2m"] }')
     inline = _config(tmp_path, entries, "inline.toml")
-    on_ray = _config(tmp_path, entries, "ray.toml", '[executor]\nkind = "ray"\nlocal_cpus = 2\n')
+    on_ray = _config(tmp_path, entries, "ray.toml", '[executor]\nkind = "ray"\nlocal_cpus = 2\ntimeout_s = 300\n')
     for config, results in [(inline, "inline"), (on_ray, "ray")]:
         result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / results), "--no-progress",
                          "--report", str(tmp_path / f"{results}.html"))
