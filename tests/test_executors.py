@@ -123,18 +123,28 @@ def test_two_sweeps_on_one_store_train_once_split_the_cells_and_leave_it_consist
     assert not list(results.rglob("*.tmp"))
 
 
-def test_ray_executor_records_equal_inline_records(tmp_path: Path) -> None:
+def test_ray_executor_records_equal_inline_records_and_no_cell_rescores_images_another_scored(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     entries = _entry("step_reduction", params='{ sampler = ["ddim", "dpmpp_2m"] }')
     inline = _config(tmp_path, entries, "inline.toml")
-    on_ray = _config(tmp_path, entries, "ray.toml", '[executor]\nkind = "ray"\nlocal_cpus = 2\ntimeout_s = 300\n')
+    # batch 8 gives batch 16's images: of each pair, one cell scores and the other waits for it and reuses that
+    on_ray = tmp_path / "ray.toml"
+    on_ray.write_text(HEADER.replace("batch = [16]", "batch = [16, 8]") + entries
+                      + '[executor]\nkind = "ray"\nlocal_cpus = 2\ntimeout_s = 300\n')
     for config, results in [(inline, "inline"), (on_ray, "ray")]:
         result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / results), "--no-progress",
                          "--report", str(tmp_path / f"{results}.html"))
         assert result.returncode == 0, result.stdout + result.stderr
     a = {r["spec_hash"]: _comparable(r) for r in _records(tmp_path / "inline")}
-    b = {r["spec_hash"]: _comparable(r) for r in _records(tmp_path / "ray")}
+    ray_records = _records(tmp_path / "ray")
+    b = {r["spec_hash"]: _comparable(r) for r in ray_records if r["spec"]["batch"] == 16}
     assert len(a) == 2 and a == b
+    assert all(r["execution"]["executor"] == "ray" and r["execution"]["attempts"] == 1 for r in ray_records)
+    for sampler in ("ddim", "dpmpp_2m"):
+        pair = [r for r in ray_records if r["spec"]["params"]["sampler"] == sampler]
+        reused = [r["metrics"]["quality_reused_from"] for r in pair]
+        assert len(pair) == 2 and reused.count(None) == 1, reused
+        assert len({r["metrics"]["fid"] for r in pair}) == 1
 
 
 def test_ray_without_ray_installed_or_reachable_is_one_line(tmp_path: Path) -> None:
