@@ -289,10 +289,9 @@ class Ray(_Workers):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         attempts = ray.remote(num_cpus=0)(_Attempts).options(scheduling_strategy=here).remote()
         task = ray.remote(_ray_cell)
-        nodes = [{k: v for k, v in n["Resources"].items() if not k.startswith("node:")}
-                 for n in ray.nodes() if n.get("Alive")]
         waiting, pending, busy = list(cells), {}, set()
         while waiting or pending:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")] if waiting else []  # a node may have died
             for cell in list(waiting):
                 keys = {cell.images_key, cell.extension_key}
                 if keys & busy:  # a cell of the same images is running: it may reuse that one's quality
