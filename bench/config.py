@@ -37,6 +37,8 @@ class ModelConfig:
     objective: str = knob("epsilon", "what the base model predicts: epsilon or v_prediction")
     train_steps: int = knob(4000, "optimiser steps of the base model recipe; with model.pretrained, the budget the "
                                   "techniques' own trainings (students, priors, gates) are scaled from")
+    layers_per_block: int = knob(1, "ResNet blocks per level of the zoo's base U-Net (2: the DDPM U-Net's depth, "
+                                    "the baseline the continuous U-Net paper compares against)")
     pretrained: str = knob("", "a local diffusers folder or hub id (UNet2DModel) to use instead of the zoo's base "
                                "model: imported into the zoo by its weights hash; every technique trains from it")
 
@@ -249,6 +251,10 @@ def validate(config: SweepConfig) -> None:
     _range("latency.remeasure", lat.remeasure, 0)
     _range("latency.min_seconds", lat.min_seconds, 0.0)
     _range("model.train_steps", m.train_steps, 1)
+    _range("model.layers_per_block", m.layers_per_block, 1, 4)
+    if m.pretrained and m.layers_per_block != 1:
+        raise UserError("config: model.layers_per_block shapes the zoo's base U-Net; with model.pretrained the "
+                        "network is the pretrained one: remove one of them")
     if m.objective not in ("epsilon", "v_prediction"):
         raise UserError(f"config: model.objective {_short(m.objective)} is not epsilon or v_prediction")
     if not 4 <= m.resolution <= 512:

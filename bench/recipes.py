@@ -18,10 +18,13 @@ TINY_UNET = {
 
 
 def denoiser_recipe(dataset: str = "mnist", resolution: int = 16, objective: str = "epsilon",
-                    steps: int = 4000, batch: int = 64, seed: int = 0) -> Recipe:
-    """The baseline ε-model: DDPM schedule (T = 1000, linear β), tiny UNet, EMA 0.999."""
-    return Recipe(name=f"{dataset}{resolution}-{objective}-unet", objective=objective, dataset=dataset,
-                  resolution=resolution, network=dict(TINY_UNET), schedule=dict(DDPM_SCHEDULE), steps=steps,
+                    steps: int = 4000, batch: int = 64, seed: int = 0, layers_per_block: int = 1) -> Recipe:
+    """The baseline ε-model: DDPM schedule (T = 1000, linear β), tiny UNet (``layers_per_block`` ResNet blocks per
+    level; a name suffix ``-lpb<n>`` when not 1), EMA 0.999."""
+    depth = f"-lpb{layers_per_block}" if layers_per_block != 1 else ""
+    return Recipe(name=f"{dataset}{resolution}-{objective}-unet{depth}", objective=objective, dataset=dataset,
+                  resolution=resolution, network={**TINY_UNET, "layers_per_block": layers_per_block},
+                  schedule=dict(DDPM_SCHEDULE), steps=steps,
                   batch=batch, lr=1e-3, seed=seed, ema_decay=0.999)
 
 

@@ -63,7 +63,8 @@ def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe:
     m = config.model
     if m.pretrained:
         return recipes.pretrained_recipe(m.pretrained, m.dataset, m.resolution, m.train_steps)
-    return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps)
+    return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps,
+                                   layers_per_block=m.layers_per_block)
 
 
 def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -> list[recipes.Recipe]:

@@ -17,11 +17,20 @@ per-call solver bookkeeping to bias latency at these tiny sizes, and no dependen
 "rk4" is the 3/8 rule, not the classical one the paper names). The network is trained with one solver (the recipe's,
 RK4 × 1 step as in the paper); ``solver``/``solver_steps`` at sampling time re-discretise the same trained ODE, which
 changes latency and FLOPs, never the parameters.
+
+Two comparisons (``proportions``): ``matched`` keeps the baseline's widths (the controlled question: what does an ODE
+block cost at equal width?); ``paper`` proportions the network as the authors' code does against its baseline — every
+level but the deepest at half width, one ODE block where a DDPM U-Net has two ResNet blocks — and is compared with a
+base U-Net of two ResNet blocks per level (``model.layers_per_block = 2``), the pair behind the paper's "about a
+quarter of the parameters" (their code: 0.25× parameters, 0.39× MACs). ``train_solver = "euler"`` trains the network
+for the cheap solver (one Euler step makes each block a plain residual block, h + f(h)).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +51,7 @@ from techniques.step_reduction import SAMPLERS, make_sampler, validate_sampler
 
 SOLVERS = {"euler": 1, "midpoint": 2, "rk4": 4}  # solver → evaluations of f per step
 TRAIN_SOLVER = ("rk4", 1)  # the paper's: one RK4 step per block
+PROPORTIONS = ("matched", "paper")
 
 
 def integrate(f: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, solver: str, steps: int) -> torch.Tensor:
@@ -171,14 +181,22 @@ class ContinuousUNet(ModelMixin, ConfigMixin):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def matched_config(unet_config: dict[str, Any]) -> dict[str, Any]:
-    """The continuous U-Net with the baseline UNet2DModel's levels, widths, groups and attention placement."""
+def matched_config(unet_config: dict[str, Any], proportions: str = "matched",
+                   train_solver: str = TRAIN_SOLVER[0]) -> dict[str, Any]:
+    """The continuous U-Net with the baseline UNet2DModel's levels, groups and attention placement; its widths
+    (``matched``), or the authors' proportions of them (``paper``: every level but the deepest halved, as their
+    32-64-128-256 levels and 512 bottleneck against the baseline's 64-128-256-512)."""
     down_types = unet_config.get("down_block_types", ())
-    return {"block_out_channels": list(unet_config["block_out_channels"]),
+    widths = list(unet_config["block_out_channels"])
+    groups = unet_config.get("norm_num_groups", 32)
+    if proportions == "paper":
+        widths = [max(1, w // 2) for w in widths[:-1]] + widths[-1:]
+        groups = math.gcd(groups, *widths)  # GroupNorm needs groups dividing every width
+    return {"block_out_channels": widths,
             "attention_levels": [i for i, kind in enumerate(down_types) if kind.startswith("Attn")],
-            "norm_num_groups": unet_config.get("norm_num_groups", 32),
+            "norm_num_groups": groups,
             "attention_head_dim": unet_config.get("attention_head_dim", 8),
-            "solver": TRAIN_SOLVER[0], "solver_steps": TRAIN_SOLVER[1]}
+            "solver": train_solver, "solver_steps": TRAIN_SOLVER[1]}
 
 
 @register_objective("ode_epsilon")
@@ -208,10 +226,16 @@ class ODEUNet(Technique):
         sampler: str = "ddim"  # any step_reduction sampler
         eta: float = 0.0
         timestep_spacing: str = "trailing"
+        proportions: str = "matched"  # matched: the base U-Net's widths; paper: the authors' (see the module doc)
+        train_solver: str = "rk4"  # the solver (one step per block) the network is trained with; the paper's is rk4
 
     def validate(self, params: Params) -> None:
         if params.solver not in SOLVERS:
             raise ValueError(f"solver {params.solver!r} is not one of {', '.join(SOLVERS)}")
+        if params.train_solver not in SOLVERS:
+            raise ValueError(f"train_solver {params.train_solver!r} is not one of {', '.join(SOLVERS)}")
+        if params.proportions not in PROPORTIONS:
+            raise ValueError(f"proportions {params.proportions!r} is not one of {', '.join(PROPORTIONS)}")
         if not 1 <= params.solver_steps <= 64:
             raise ValueError(f"solver_steps {params.solver_steps} is outside 1..64")
         validate_sampler(params.sampler, params.eta, params.timestep_spacing)
@@ -220,9 +244,14 @@ class ODEUNet(Technique):
         if "block_out_channels" not in base.network:
             raise ValueError("ode_unet trains a continuous U-Net matched to the base model's UNet2DModel config; this "
                              "base has no block_out_channels")
-        # same data, steps, batch, seed and schedule as the baseline; the network is the matched continuous U-Net
-        return {"ode": dataclasses.replace(base, name=base.name.replace("-unet", "-odeunet"),
-                                           objective="ode_epsilon", network=matched_config(base.network))}
+        # same data, steps, batch, seed and schedule as the baseline; the network is the continuous U-Net derived
+        # from its config (the default variant keeps the name and address it always had)
+        suffix = ("-paper" if params.proportions == "paper" else "") + (
+            f"-{params.train_solver}" if params.train_solver != TRAIN_SOLVER[0] else "")
+        network = matched_config(base.network, params.proportions, params.train_solver)
+        name = re.sub(r"-lpb\d+", "", base.name)  # one ODE block per level whatever the base's depth
+        return {"ode": dataclasses.replace(base, name=name.replace("-unet", f"-odeunet{suffix}"),
+                                           objective="ode_epsilon", network=network)}
 
     def pipeline(self, params: Params, models: dict[str, Any], steps: int) -> Pipeline:
         ode = models["ode"]
@@ -232,7 +261,7 @@ class ODEUNet(Technique):
                 "solver": params.solver, "solver_steps": params.solver_steps,
                 "trained_with": f"{trained[0]} x {trained[1]}",
                 "ode_function_evals_per_call": ode.net.ode_blocks() * SOLVERS[params.solver] * params.solver_steps,
-                "matched_unet": matched_unet_cost(models["model"], ode)}
+                "proportions": params.proportions, "matched_unet": matched_unet_cost(models["model"], ode)}
         return Pipeline(sample=make_sampler(ode, params.sampler, steps, params.eta, params.timestep_spacing),
                         networks={"model": ode}, info=info)
 
@@ -242,31 +271,40 @@ class ODEUNet(Technique):
         rows = rows[rows["status"] == "ok"]
         if rows.empty:
             return []
+        rows = rows.assign(  # records from before the variants existed are the default variant
+            param_proportions=rows.get("param_proportions", pd.Series(index=rows.index, dtype=object)).fillna(
+                "matched"),
+            param_train_solver=rows.get("param_train_solver", pd.Series(index=rows.index, dtype=object)).fillna(
+                TRAIN_SOLVER[0]))
         table = []
-        for (solver, solver_steps), group in rows.groupby(["param_solver", "param_solver_steps"]):
+        keys = ["param_proportions", "param_train_solver", "param_solver", "param_solver_steps"]
+        for (proportions, train_solver, solver, solver_steps), group in rows.groupby(keys):
             r = group.iloc[0]
             matched = r["info"].get("matched_unet") or {}
-            table.append({"solver": f"{solver} x {int(solver_steps)}",
+            table.append({"network": f"{proportions}, trained {train_solver} x 1",
+                          "solver": f"{solver} x {int(solver_steps)}",
                           "f evals / call": r["info"].get("ode_function_evals_per_call"),
                           "params": int(r["params_total"]),
-                          "params / matched U-Net": _ratio(r["params_total"], matched.get("params")),
+                          "params / base U-Net": _ratio(r["params_total"], matched.get("params")),
                           "MFLOPs / call": r["flops_per_call"] / 1e6,
-                          "FLOPs / matched U-Net": _ratio(r["flops_per_call"], matched.get("flops_per_call"))})
-        text = ("Against the matched U-Net (the baseline UNet2DModel: same levels, widths and attention placement), "
-                "counted at batch 1 with fvcore, every ODE function evaluation included. The paper reports about 1/4 "
-                "of the parameters and 30-40% of the FLOPs against a larger DDPM U-Net. Latency ratios at batch 1 "
-                "and 64 are measured by tests/benchmarks/ode_unet_ratios.py.")
-        return [ReportSection("cost against the matched U-Net", text, tables=[pd.DataFrame(table)])]
+                          "FLOPs / base U-Net": _ratio(r["flops_per_call"], matched.get("flops_per_call"))})
+        text = ("Against the sweep's base U-Net, counted at batch 1 with fvcore (FLOPs = 2 x MACs), every ODE "
+                "function evaluation included. 'matched': the base's levels, widths and attention placement (the "
+                "controlled comparison). 'paper': the authors' proportions (every level but the deepest at half "
+                "width), meant against a base of two ResNet blocks per level (model.layers_per_block = 2): the "
+                "paper's comparison, whose own code gives 0.25x the parameters and 0.39x the MACs (counted without "
+                "attention) at 64x64. Latency ratios at batch 1 and 64: tests/benchmarks/ode_unet_ratios.py.")
+        return [ReportSection("cost against the base U-Net", text, tables=[pd.DataFrame(table)])]
 
 
 def matched_unet_cost(baseline: Any, ode: Denoiser) -> dict[str, Any]:
-    """Parameters and FLOPs per call (batch 1) of the matched U-Net: the base model when it is a UNet2DModel of the
-    same levels and widths, else one built from the matched config."""
+    """Parameters and FLOPs per call (batch 1) of the U-Net the ODE network is compared with: the base model, when
+    it is a UNet2DModel with as many levels (its widths for ``matched``, its proportions for ``paper``)."""
     from bench.measure.flops import fvcore_flops
 
     net = getattr(baseline, "net", None)
-    widths = list(ode.net.config.block_out_channels)
-    if net is None or list(getattr(net.config, "block_out_channels", ())) != widths:
+    levels = len(ode.net.config.block_out_channels)
+    if net is None or len(getattr(net.config, "block_out_channels", ())) != levels:
         return {}
     device = next(baseline.parameters()).device
     x, t = torch.zeros(1, *ode.image_shape, device=device), torch.full((1,), 500, device=device)

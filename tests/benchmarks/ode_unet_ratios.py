@@ -1,4 +1,7 @@
-"""Continuous U-Net against its matched U-Net: parameters, FLOPs and latency per call, as ratios, in one run.
+"""Continuous U-Net against the U-Nets it is compared with: parameters, FLOPs and latency per call, as ratios, in
+one run. Two references: the matched U-Net (the shipped base: widths as the ODE network's, one ResNet block per
+level down) and the paper's baseline proportion (two ResNet blocks per level, ``model.layers_per_block = 2``), against
+which the paper-proportioned continuous U-Net (every level but the deepest at half width) is the paper's comparison.
 
     python tests/benchmarks/ode_unet_ratios.py [--threads 2] [--batches 1 64] [--repeats 30] [--json OUT]
 
@@ -25,20 +28,26 @@ from bench.provenance import provenance
 from techniques.ode_unet import ContinuousUNet, ODEUNet
 
 VARIANTS = [("euler", 1), ("midpoint", 1), ("rk4", 1), ("rk4", 2)]
+REFERENCES = ("U-Net (matched)", "U-Net lpb=2")
 
 
 def networks() -> tuple[dict[str, torch.nn.Module], bool]:
-    """The matched U-Net and the ODE network under each solver; and whether the ODE weights are the trained ones."""
+    """The two reference U-Nets, the matched ODE network under each solver and the paper-proportioned one; and
+    whether the matched ODE weights are the trained ones."""
     base = sweep.base_recipe(cfg.load())
     ode_recipe = ODEUNet().artifacts(ODEUNet.Params(), base)["ode"]
-    unet = build_unet({"sample_size": base.resolution, "in_channels": 1, "out_channels": 1, **base.network})
-    nets = {"U-Net (matched)": unet}
+    paper_recipe = ODEUNet().artifacts(ODEUNet.Params(proportions="paper"), base)["ode"]
+    shape = {"sample_size": base.resolution, "in_channels": 1, "out_channels": 1}
+    nets = {"U-Net (matched)": build_unet({**shape, **base.network}),
+            "U-Net lpb=2": build_unet({**shape, **base.network, "layers_per_block": 2})}
     found = zoo.find(ode_recipe)
     for solver, steps in VARIANTS:
         ode = (ContinuousUNet.from_pretrained(found.path / "unet", low_cpu_mem_usage=False) if found else
                ContinuousUNet(sample_size=base.resolution, **ode_recipe.network))
         ode.set_solver(solver, steps)
         nets[f"ODE {solver} x {steps}"] = ode
+    widths = ",".join(map(str, paper_recipe.network["block_out_channels"]))
+    nets[f"ODE paper ({widths}) rk4 x 1"] = ContinuousUNet(sample_size=base.resolution, **paper_recipe.network)
     return {k: v.eval() for k, v in nets.items()}, found is not None
 
 
@@ -67,15 +76,16 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
             for name in nets:
                 rows[name][f"ms_batch{batch}"] = statistics.median(times[name]) * 1e3
-    ref = rows["U-Net (matched)"]
     cols = ["params", "flops_per_call", *(f"ms_batch{b}" for b in a.batches)]
-    print(f"threads={a.threads} repeats={a.repeats} (median ms per call; ratio = network / matched U-Net)")
-    print("| network | " + " | ".join(f"{c} | ratio" for c in cols) + " |")
-    print("|---|" + "---|---|" * len(cols))
+    print(f"threads={a.threads} repeats={a.repeats} (median ms per call; ratios: network / matched U-Net, "
+          "network / U-Net lpb=2)")
+    print("| network | " + " | ".join(f"{c} | / matched | / lpb=2" for c in cols) + " |")
+    print("|---|" + "---|---|---|" * len(cols))
     for name, row in rows.items():
-        row.update({f"{c}_ratio": row[c] / ref[c] for c in cols})
-        cells = " | ".join(f"{row[c]:,.2f} | {row[c + '_ratio']:.2f}" if isinstance(row[c], float) else
-                           f"{row[c]:,} | {row[c + '_ratio']:.2f}" for c in cols)
+        for ref, tag in zip(REFERENCES, ("ratio", "ratio_lpb2"), strict=True):
+            row.update({f"{c}_{tag}": row[c] / rows[ref][c] for c in cols})
+        cells = " | ".join((f"{row[c]:,.2f}" if isinstance(row[c], float) else f"{row[c]:,}")
+                           + f" | {row[c + '_ratio']:.2f} | {row[c + '_ratio_lpb2']:.2f}" for c in cols)
         print(f"| {name} | {cells} |")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
