@@ -37,6 +37,10 @@ CASES = {
     "bad parameter value": (HEADER + ENTRY + 'params = { sampler = ["dpm"] }\n', "sampler 'dpm' is not one of"),
     "wrong type": (HEADER.replace("[quality]", "[quality]\nseed = 'many'") + ENTRY, "'quality.seed' must be int"),
     "no techniques": (HEADER, "no [[technique]] entries"),
+    "base depth out of range": (HEADER.replace("[model]", "[model]\nlayers_per_block = 9") + ENTRY,
+                                "model.layers_per_block = 9 is beyond 4"),
+    "negative retries": (HEADER + ENTRY + '[executor]\nkind = "ray"\nmax_retries = -1\n',
+                         "executor.max_retries must be ≥ 0"),
 }
 
 

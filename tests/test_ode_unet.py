@@ -98,3 +98,35 @@ def test_matched_to_the_baseline_unet_levels_widths_and_attention():
     x, t = torch.zeros(1, 1, 16, 16), torch.full((1,), 3)
     assert attention_resolutions(unet, lambda: unet(x, t)) == attention_resolutions(ode, lambda: ode(x, t)) == {4}
     assert sum(p.numel() for p in ode.parameters()) < sum(p.numel() for p in unet.parameters())
+
+
+def test_the_papers_pair_reproduces_its_parameter_and_flop_ratios():
+    """The authors' proportions (every level but the deepest halved) against a U-Net of two ResNet blocks per level:
+    their code gives 0.25x the parameters and 0.39x the MACs; the same pair here, counted by fvcore at batch 1."""
+    paper = matched_config(recipes.TINY_UNET, "paper")
+    assert paper["block_out_channels"] == [12, 24, 48] and paper["norm_num_groups"] == 4
+    ode = ContinuousUNet(sample_size=16, **paper).eval()
+    deep = build_unet({"sample_size": 16, "in_channels": 1, "out_channels": 1, **recipes.TINY_UNET,
+                       "layers_per_block": 2}).eval()
+    x, t = torch.zeros(1, 1, 16, 16), torch.full((1,), 500)
+    params = sum(p.numel() for p in ode.parameters()) / sum(p.numel() for p in deep.parameters())
+    flops = fvcore_flops(ode, (x, t)) / fvcore_flops(deep, (x, t))
+    assert 0.21 < params < 0.26 and 0.36 < flops < 0.42, (params, flops)
+
+
+def test_variants_have_their_own_artifacts_and_the_default_keeps_the_shipped_one():
+    from bench import zoo
+    from techniques.ode_unet import ODEUNet
+
+    technique = ODEUNet()
+    shallow, deep = recipes.denoiser_recipe(), recipes.denoiser_recipe(layers_per_block=2)
+    assert deep.name.endswith("-lpb2") and deep.key != shallow.key
+    default = technique.artifacts(ODEUNet.Params(), shallow)["ode"]
+    assert zoo.find(default, [zoo.SHIPPED_ZOO]) is not None  # the variants left its address alone
+    assert technique.artifacts(ODEUNet.Params(), deep)["ode"] == default  # one ODE block per level either way
+    euler = technique.artifacts(ODEUNet.Params(train_solver="euler"), shallow)["ode"]
+    paper = technique.artifacts(ODEUNet.Params(proportions="paper"), deep)["ode"]
+    assert euler.network["solver"] == "euler" and euler.name.endswith("-odeunet-euler")
+    assert paper.name.endswith("-odeunet-paper") and len({default.key, euler.key, paper.key}) == 3
+    with pytest.raises(ValueError, match="proportions 'wide'"):
+        technique.validate(ODEUNet.Params(proportions="wide"))

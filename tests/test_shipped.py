@@ -5,7 +5,7 @@ from pathlib import Path
 
 from bench import config as cfg
 from bench import sweep, zoo
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def test_default_sweep_artifacts_are_shipped_and_intact() -> None:
@@ -22,10 +22,12 @@ def test_default_sweep_artifacts_are_shipped_and_intact() -> None:
 def test_bench_train_finds_every_shipped_artifact_up_to_date() -> None:
     shipped = {d.name for d in zoo.SHIPPED_ZOO.iterdir() if (d / zoo.RECORD_FILE).exists()}
     # the FID classifier, the baseline ε-model, the dual-output network, the ODE U-Net, the VAE and TDPM priors, four
-    # progressive students and the consistency student; and the SimCLR extractor results/extractor_simclr used
-    assert len(shipped) == 12
+    # progressive students and the consistency student; the SimCLR extractor results/extractor_simclr used; and the
+    # continuous U-Net paper pair's base (two blocks per level), paper-proportioned and Euler-trained networks
+    assert len(shipped) == 15
     found = set()
-    for override in ([], ["--set", "quality.extractor=simclr"]):
+    paper_pair = ROOT / "bench" / "configs" / "ode_unet_paper.toml"
+    for override in ([], ["--set", "quality.extractor=simclr"], ["--config", str(paper_pair)]):
         result = run_cli("train", "--no-progress", *override)
         assert result.returncode == 0 and "trained" not in result.stdout, result.stdout + result.stderr
         found |= {Path(line.split(" up to date at ")[1]).name for line in result.stdout.splitlines()
