@@ -76,11 +76,11 @@ def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -
     needed = [extractor] if extractor else []
     needed.append(base)
     if cells is None:
-        uses = [(registry.get(entry.name), params) for entry in config.technique
-                for params in expand_params(registry.get(entry.name), entry)]
+        uses = [(technique, params) for entry in config.technique
+                for technique in [registry.get(entry.name)] for params in expand_params(technique, entry)]
     else:
-        uses = [(registry.get(c.spec["technique"]), registry.get(c.spec["technique"]).Params(**c.spec["params"]))
-                for c in cells]
+        uses = [(technique, technique.Params(**c.spec["params"]))
+                for c in cells for technique in [registry.get(c.spec["technique"])]]
     for technique, params in uses:
         needed += list(technique.artifacts(params, base).values())
     return list({recipe.key: recipe for recipe in needed}.values())

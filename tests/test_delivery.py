@@ -4,6 +4,8 @@ verified, and refused when the bytes differ; cells never train."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,10 @@ def test_artifact_from_a_shared_location_is_received_verified_and_cached_by_hash
     other_machine = move_to_other_machine()
     shared = delivery.publish_to_location(manifest, f"file://{other_machine / 'shared'}")
     assert shared[tiny_base.key].path is None and shared[tiny_base.key].url.startswith("file://")
-    assert delivery.pack(Path(entry.path)) == delivery.pack(Path(entry.path))  # equal folders, equal bytes
+    copy = shutil.copytree(entry.path, other_machine / "copy")
+    for file in copy.rglob("*"):
+        os.utime(file, (0, 1_000_000))  # another machine's copy: other timestamps, other location
+    assert delivery.pack(copy) == delivery.pack(Path(entry.path)) and zoo.tree_sha256(copy) == entry.sha256
 
     provider = delivery.Provider(shared)
     with zoo.provided_by(provider):
