@@ -17,6 +17,7 @@ import tomllib
 import torch
 
 from bench.errors import UserError
+from bench.model import SCHEDULES
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -35,6 +36,8 @@ class ModelConfig:
                                  "read from the working directory), tv-mnist, tv-cifar10")
     resolution: int = knob(16, "image side in pixels (16 for CPU budgets; 28, 32 available)")
     objective: str = knob("epsilon", "what the base model predicts: epsilon or v_prediction")
+    schedule: str = knob("linear", "the base model's noise schedule: linear (DDPM's β) or cosine (Nichol & Dhariwal; "
+                                   "what the distillation papers' v-teachers use)")
     train_steps: int = knob(4000, "optimiser steps of the base model recipe; with model.pretrained, the budget the "
                                   "techniques' own trainings (students, priors, gates) are scaled from")
     layers_per_block: int = knob(1, "ResNet blocks per level of the zoo's base U-Net (2: the DDPM U-Net's depth, "
@@ -257,6 +260,11 @@ def validate(config: SweepConfig) -> None:
                         "network is the pretrained one: remove one of them")
     if m.objective not in ("epsilon", "v_prediction"):
         raise UserError(f"config: model.objective {_short(m.objective)} is not epsilon or v_prediction")
+    if m.schedule not in SCHEDULES:
+        raise UserError(f"config: model.schedule {_short(m.schedule)} is not one of {', '.join(SCHEDULES)}")
+    if m.pretrained and m.schedule != "linear":
+        raise UserError("config: model.schedule sets the zoo's base model's schedule; with model.pretrained the "
+                        "schedule is the pretrained one's: remove one of them")
     if not 4 <= m.resolution <= 512:
         raise UserError(f"config: model.resolution {m.resolution} is outside 4..512")
     if q.reference_split not in ("train", "test"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.model import DDPM_SCHEDULE
+from bench.model import SCHEDULES
 from bench.zoo import Recipe
 
 # A tiny diffusers UNet2DModel (0.63M parameters at 1 channel): three levels, self-attention at the lowest
@@ -18,13 +18,15 @@ TINY_UNET = {
 
 
 def denoiser_recipe(dataset: str = "mnist", resolution: int = 16, objective: str = "epsilon",
-                    steps: int = 4000, batch: int = 64, seed: int = 0, layers_per_block: int = 1) -> Recipe:
-    """The baseline ε-model: DDPM schedule (T = 1000, linear β), tiny UNet (``layers_per_block`` ResNet blocks per
-    level; a name suffix ``-lpb<n>`` when not 1), EMA 0.999."""
+                    steps: int = 4000, batch: int = 64, seed: int = 0, layers_per_block: int = 1,
+                    schedule: str = "linear") -> Recipe:
+    """The baseline ε-model: DDPM schedule (T = 1000, linear β; or the cosine one, name suffix ``-cosine``), tiny
+    UNet (``layers_per_block`` ResNet blocks per level; a name suffix ``-lpb<n>`` when not 1), EMA 0.999."""
     depth = f"-lpb{layers_per_block}" if layers_per_block != 1 else ""
-    return Recipe(name=f"{dataset}{resolution}-{objective}-unet{depth}", objective=objective, dataset=dataset,
+    suffix = f"-{schedule}" if schedule != "linear" else ""
+    return Recipe(name=f"{dataset}{resolution}-{objective}-unet{depth}{suffix}", objective=objective, dataset=dataset,
                   resolution=resolution, network={**TINY_UNET, "layers_per_block": layers_per_block},
-                  schedule=dict(DDPM_SCHEDULE), steps=steps,
+                  schedule=dict(SCHEDULES[schedule]), steps=steps,
                   batch=batch, lr=1e-3, seed=seed, ema_decay=0.999)
 
 

@@ -64,7 +64,7 @@ def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe:
     if m.pretrained:
         return recipes.pretrained_recipe(m.pretrained, m.dataset, m.resolution, m.train_steps)
     return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps,
-                                   layers_per_block=m.layers_per_block)
+                                   layers_per_block=m.layers_per_block, schedule=m.schedule)
 
 
 def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -> list[recipes.Recipe]:

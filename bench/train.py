@@ -33,11 +33,15 @@ class Objective:
     (a frozen teacher, a discriminator with its own optimiser, extra curves for the training record).
     """
 
-    trains = True  # False: the artifact is built (e.g. imported), not optimised; the loop runs no steps
+    trains = True  # False: the artifact is built (e.g. imported, or fitted in closed form), not optimised
+    build_wall_s = 0.0  # seconds ``build`` spent making the artifact itself (a fit): counted as its training time
 
     def __init__(self) -> None:
         self.out: Path | None = None  # the zoo ``train`` writes to: sources are looked up and trained there too
         self.sources: list[zoo.Artifact] = []  # what ``source`` loaded; their cost counts into the total
+        # the EMA copy ``train`` keeps: the weights ``save`` writes and sweeps sample. Set before the first step and
+        # updated in place after each, so an objective judges its convergence on what is shipped
+        self.ema: nn.Module | None = None
 
     def build(self, recipe: zoo.Recipe, image_shape: tuple[int, int, int], num_classes: int | None) -> nn.Module:
         raise NotImplementedError
@@ -45,6 +49,11 @@ class Objective:
     def loss(self, model: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None,
              generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def optimizer(self, model: nn.Module, recipe: zoo.Recipe) -> torch.optim.Optimizer:
+        """The optimiser of the model's parameters (AdamW at ``recipe.lr``, no weight decay, unless an objective's
+        paper says otherwise)."""
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
 
     def save(self, model: nn.Module, directory: Path) -> Path:
         """Write the (EMA) model into ``directory``; returns the weights file."""
@@ -196,11 +205,12 @@ def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
     generator = torch.Generator().manual_seed(recipe.seed)
     model = objective.build(recipe, images.shape, images.num_classes).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    warmup = max(1, min(200, recipe.steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    curve, window, start = [], [], time.perf_counter()
+    objective.ema = ema
     steps = recipe.steps if objective.trains else 0
+    if steps:
+        opt = objective.optimizer(model, recipe)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(recipe, step))
+    curve, window, start = [], [], time.perf_counter()
     bar = tqdm(range(steps), desc=f"train {recipe.name}", unit="step", disable=not progress, mininterval=2)
     for step in bar:
         idx = torch.randint(0, len(x_all), (recipe.batch,), generator=generator)
@@ -217,10 +227,26 @@ def train(recipe: zoo.Recipe, out: Path, progress: bool = True) -> zoo.Artifact:
             curve.append([step + 1, sum(window) / len(window)])
             bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
             window = []
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start + objective.build_wall_s
     if not all(math.isfinite(v) for _, v in curve):
         raise RuntimeError(f"training {recipe.name} diverged (non-finite loss)")
     return _write_artifact(recipe, objective, ema, out, wall, curve, len(x_all), steps)
+
+
+LR_SCHEDULES = ("warmup", "linear")
+
+
+def lr_factor(recipe: zoo.Recipe, step: int) -> float:
+    """The learning rate at optimiser step ``step`` (0-based) as a fraction of ``recipe.lr``: a linear warm-up over
+    min(200, steps/10) steps, then constant; or, with ``options["lr_schedule"] = "linear"``, annealed linearly from
+    ``lr`` to 0 over the run without warm-up (progressive distillation's per-stage schedule)."""
+    kind = recipe.options.get("lr_schedule", "warmup")
+    if kind == "linear":
+        return max(0.0, 1.0 - step / recipe.steps)
+    if kind != "warmup":
+        raise ValueError(f"recipe {recipe.name}: lr_schedule {kind!r} is not one of {', '.join(LR_SCHEDULES)}")
+    warmup = max(1, min(200, recipe.steps // 10))
+    return min(1.0, (step + 1) / warmup)
 
 
 def load_artifact(recipe: zoo.Recipe, progress: bool = True, out: Path | None = None) -> tuple[nn.Module, zoo.Artifact]:

@@ -1,5 +1,6 @@
-"""Distillation of the baseline ε-model: progressive distillation (Salimans & Ho, ICLR 2022) and consistency
-distillation in its latent-consistency form for an ε-teacher in DDPM time (Song et al. 2023; Luo et al. 2023).
+"""Distillation of the base model (the shipped ε-model on the linear schedule, or a v-model on the cosine one as the
+papers' teachers are: ``model.objective``/``model.schedule``): progressive distillation (Salimans & Ho, ICLR 2022)
+and consistency distillation in its latent-consistency form in DDPM time (Song et al. 2023; Luo et al. 2023).
 
 Both live on the teacher's own discrete schedule (T = 1000, ᾱ_{-1} = 1 is clean data) and on nested trailing grids
 (``DiscreteSchedule.trailing_grid``: the n-step grid is every other point of the 2n-step grid), so every target is
@@ -11,14 +12,21 @@ steps, then the previous student) does in two, z_t → z_t' → z_t''. The stude
     x̃ = (z_t'' − (s_t''/s_t) z_t) / (a_t'' − (s_t''/s_t) a_t),    loss = max(SNR_t, 1) · ‖x̂_θ(z_t, t) − x̃‖².
 
 The student predicts v (x̂_0 = a_t z_t − s_t v̂): an ε-student cannot recover x̂_0 at t → T where a_t → 0.012. It
-starts as a copy of its teacher's weights; at low noise v ≈ ε, so the ε-teacher's weights are a near fit there and
-the first stage mostly relearns high noise. Every stage is its own zoo artifact (recipe + training record).
+starts as a copy of its teacher's weights; at low noise v ≈ ε, so an ε-teacher's weights are a near fit there and
+the first stage mostly relearns high noise (a v-teacher's student starts at its teacher's function). Every stage is
+its own zoo artifact (recipe + training record). ``optimiser = "paper"`` trains each stage as the paper's
+``cifar_distill.py`` does: Adam at 5e-5 annealed linearly to 0 within the stage, no EMA (the evaluated weights are the
+online ones); ``"matched"`` uses the harness's students' optimiser (2e-4 after warm-up, EMA 0.995).
 
 Consistency (LCM form): f_θ(x, t) = c_skip(t) x + c_out(t) x̂_0,θ(x, t) with c_skip = σ_d²/((10t)² + σ_d²),
 c_out = 10t/√((10t)² + σ_d²), σ_d = 0.5, so f(x, 0) = x. Training pairs t_{n+1} on the grid {k−1, 2k−1, …, T−1}
 with t_n = max(t_{n+1} − k, 0); x̂_{t_n} is one teacher DDIM step; the loss is ‖f_θ(x_{t_{n+1}}, t_{n+1}) −
-f_θ⁻(x̂_{t_n}, t_n)‖² with θ⁻ an EMA (μ = 0.95) of θ. The student is v-parameterised like the progressive one, for the
-same reason. Sampling: x̂_0 = f(x_T, T), and for more steps re-noise x̂_0 to the next timestep (LCM's multistep).
+f_θ⁻(x̂_{t_n}, t_n)‖² with θ⁻ an EMA (μ = 0.95, LCM's) of θ; ``target_ema = 0`` makes the target the online network
+under stop-gradient, as the CM paper's released CIFAR-10 code and iCT do. ``loss = "pseudo_huber"`` replaces ℓ2 by
+iCT's √(‖f − f⁻‖² + c²) − c per image, c = 0.00054·√d (Song & Dhariwal 2023; d = C·H·W), the learned-metric-free
+stand-in for LPIPS (none exists offline for 16×16 digits that would not leak into the FID extractor). The student is
+v-parameterised like the progressive one, for the same reason. Sampling: x̂_0 = f(x_T, T), and for more steps re-noise
+x̂_0 to the next timestep (LCM's multistep).
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ SIGMA_DATA, TIMESTEP_SCALING = 0.5, 10.0  # LCM's boundary-condition constants f
 # shipped 4000 steps: 1000 per progressive stage, 2000 for consistency distillation.
 STAGE_FRACTION, CONSISTENCY_FRACTION = 0.25, 0.5
 DISTILL_LR, DISTILL_EMA = 2e-4, 0.995
+PAPER_PD_LR = 5e-5  # Salimans & Ho's cifar_distill.py: per halving, annealed linearly to 0, EMA 0
+OPTIMISERS, LOSSES = ("matched", "paper"), ("l2", "pseudo_huber")
+HUBER_C_PER_SQRT_DIM = 0.00054  # iCT: c = 0.00054·√d
 
 
 class _DistillationObjective(Objective):
@@ -122,6 +133,8 @@ class ConsistencyObjective(_DistillationObjective):
         student = super().build(recipe, image_shape, num_classes)
         self.skip = int(recipe.options["skip"])
         self.target_decay = float(recipe.options["target_ema"])
+        self.loss_kind = recipe.options.get("loss", "l2")
+        self.huber_c = HUBER_C_PER_SQRT_DIM * math.sqrt(math.prod(image_shape))
         self.grid = torch.tensor(consistency_grid(self.schedule.num_train_timesteps, self.skip))
         self.target = copy.deepcopy(student).eval().requires_grad_(False)
         return student
@@ -138,20 +151,27 @@ class ConsistencyObjective(_DistillationObjective):
             x0_teacher, eps_teacher = sch.predict(self.teacher, x_next, t_next)  # the teacher's own DDIM step
             x_prev = sch.ddim_step(x0_teacher, eps_teacher, t_prev)
             target = consistency_function(sch, self.target, x_prev, t_prev)
-        return ((consistency_function(sch, model, x_next, t_next) - target) ** 2).mean()
+        diff = consistency_function(sch, model, x_next, t_next) - target
+        if self.loss_kind == "pseudo_huber":
+            return ((diff.flatten(1).pow(2).sum(1) + self.huber_c**2).sqrt() - self.huber_c).mean()
+        return (diff**2).mean()
 
 
 class Distillation(Technique):
     name = "distillation"
-    description = ("Distilled students of the baseline: progressive distillation (v-students for 8/4/2/1 steps from a "
-                   "16-step DDIM teacher) and consistency distillation (LCM form, one- and few-step).")
-    contract_variants = ({"method": "consistency"},)
+    description = ("Distilled students of the base model: progressive distillation (v-students for 8/4/2/1 steps "
+                   "from a 16-step DDIM teacher) and consistency distillation (LCM form, one- and few-step).")
+    contract_variants = ({"method": "consistency"}, {"method": "progressive", "optimiser": "paper"},
+                         {"method": "consistency", "target_ema": 0.0, "loss": "pseudo_huber"})
 
     @dataclass(frozen=True)
     class Params:
         method: str = "progressive"  # progressive | consistency
         teacher_steps: int = 16  # progressive: the teacher's DDIM steps the first student halves (a power of 2)
         skip: int = 20  # consistency: the teacher's DDIM step spans this many timesteps (LCM: 20 of 1000)
+        optimiser: str = "matched"  # progressive: matched (2e-4, EMA 0.995) | paper (5e-5 → 0 per stage, no EMA)
+        target_ema: float = 0.95  # consistency: μ of the target network θ⁻ (LCM 0.95; CM's CIFAR-10 code, iCT: 0)
+        loss: str = "l2"  # consistency: l2 | pseudo_huber (iCT)
 
     def validate(self, params: Params) -> None:
         if params.method not in METHODS:
@@ -161,6 +181,16 @@ class Distillation(Technique):
             raise ValueError(f"teacher_steps {n} is not a power of 2 in 2..256")
         if not 1 <= params.skip <= 100:
             raise ValueError(f"skip {params.skip} is outside 1..100")
+        if params.optimiser not in OPTIMISERS:
+            raise ValueError(f"optimiser {params.optimiser!r} is not one of {', '.join(OPTIMISERS)}")
+        if params.loss not in LOSSES:
+            raise ValueError(f"loss {params.loss!r} is not one of {', '.join(LOSSES)}")
+        if not 0.0 <= params.target_ema < 1.0:
+            raise ValueError(f"target_ema {params.target_ema} is outside [0, 1)")
+        if params.method == "consistency" and params.optimiser != "matched":
+            raise ValueError("optimiser applies to method = progressive only")
+        if params.method == "progressive" and (params.loss != "l2" or params.target_ema != 0.95):
+            raise ValueError("loss and target_ema apply to method = consistency only")
 
     def validate_steps(self, params: Params, steps: int, base_schedule: dict[str, Any]) -> None:
         if params.method == "progressive":
@@ -174,12 +204,19 @@ class Distillation(Technique):
 
     def artifacts(self, params: Params, base: Recipe) -> dict[str, Recipe]:
         if params.method == "consistency":
-            return {"consistency": _student_recipe(base, base, "cd", "consistency_distillation", CONSISTENCY_FRACTION,
-                                                   {"skip": params.skip, "target_ema": 0.95})}
+            variant = (f"-mu{params.target_ema:g}" if params.target_ema != 0.95 else "") + (
+                "-huber" if params.loss != "l2" else "")
+            options = {"skip": params.skip, "target_ema": params.target_ema,
+                       **({"loss": params.loss} if params.loss != "l2" else {})}  # l2 keeps the shipped key
+            return {"consistency": _student_recipe(base, base, f"cd{variant}", "consistency_distillation",
+                                                   CONSISTENCY_FRACTION, options)}
         chain, teacher = {}, base
+        paper = params.optimiser == "paper"
         for n in student_counts(params.teacher_steps):
-            teacher = _student_recipe(base, teacher, f"pd{n}", "progressive_distillation", STAGE_FRACTION,
-                                      {"student_steps": n})
+            teacher = _student_recipe(base, teacher, f"pd{n}{'-paper' if paper else ''}", "progressive_distillation",
+                                      STAGE_FRACTION, {"student_steps": n, **({"lr_schedule": "linear"} if paper
+                                                                              else {})},
+                                      lr=PAPER_PD_LR if paper else DISTILL_LR, ema=0.0 if paper else DISTILL_EMA)
             chain[f"student{n}"] = teacher
         return chain
 
@@ -240,9 +277,9 @@ def student_counts(teacher_steps: int) -> list[int]:
 
 
 def _student_recipe(base: Recipe, teacher: Recipe, tag: str, objective: str, fraction: float,
-                    options: dict[str, Any]) -> Recipe:
+                    options: dict[str, Any], lr: float = DISTILL_LR, ema: float = DISTILL_EMA) -> Recipe:
     return dataclasses.replace(base, name=f"{base.name}-{tag}", objective=objective,
-                               steps=max(1, round(base.steps * fraction)), lr=DISTILL_LR, ema_decay=DISTILL_EMA,
+                               steps=max(1, round(base.steps * fraction)), lr=lr, ema_decay=ema,
                                options={"teacher": teacher.to_dict(), **options})
 
 

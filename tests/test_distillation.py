@@ -10,11 +10,14 @@ import torch
 
 from bench import zoo
 from bench.sampling import DiscreteSchedule, generators, noise_like
+from bench.train import lr_factor
 from techniques.distillation import (
+    ConsistencyObjective,
     Distillation,
     ProgressiveObjective,
     boundary_scalings,
     consistency_function,
+    consistency_grid,
     consistency_timesteps,
 )
 from techniques.step_reduction import make_sampler
@@ -85,6 +88,51 @@ def test_every_stage_is_an_artifact_and_the_one_step_student_carries_the_whole_c
     assert [s["recipe"] for s in records["student4"]["sources"]] == [chain["student8"].name]
     saved = json.loads((one_step.path / "scheduler" / "scheduler_config.json").read_text())
     assert saved["prediction_type"] == "v_prediction"
+
+
+def test_paper_optimiser_anneals_each_stage_to_zero_without_ema_and_leaves_the_shipped_students_alone(
+        tiny_base) -> None:
+    paper = Distillation().artifacts(Distillation.Params(optimiser="paper"), tiny_base)
+    matched = Distillation().artifacts(Distillation.Params(), tiny_base)
+    for name, stage in paper.items():
+        assert (stage.lr, stage.ema_decay) == (5e-5, 0.0) and stage.name.endswith("-paper")
+        factors = [lr_factor(stage, step) for step in range(stage.steps)]
+        assert factors[0] == 1.0 and factors == sorted(factors, reverse=True)
+        assert factors[-1] == pytest.approx(1 / stage.steps)  # the last update is the smallest, then 0
+        assert stage.key != matched[name].key
+    assert paper["student4"].options["teacher"]["name"] == paper["student8"].name  # the paper chain is its own
+    first = matched["student8"]
+    assert "lr_schedule" not in first.options and (first.lr, first.ema_decay) == (2e-4, 0.995)
+    warmup = max(1, min(200, first.steps // 10))
+    assert [lr_factor(first, step) for step in (0, warmup - 1, first.steps - 1)] == [1 / warmup, 1.0, 1.0]
+
+
+def test_online_target_and_pseudo_huber_loss_are_icts(tiny_base) -> None:
+    params = Distillation.Params(method="consistency", target_ema=0.0, loss="pseudo_huber")
+    recipe = Distillation().artifacts(params, tiny_base)["consistency"]
+    assert recipe.options["target_ema"] == 0.0 and recipe.options["loss"] == "pseudo_huber"
+    assert "loss" not in Distillation().artifacts(Distillation.Params(method="consistency"),
+                                                  tiny_base)["consistency"].options  # l2 keeps its address
+    objective = ConsistencyObjective()
+    student = objective.build(recipe, (1, 8, 8), None)
+    with torch.no_grad():  # move the student off the target so the comparison means something
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    loss = objective.loss(student, x0, None, torch.Generator().manual_seed(3))
+    # the same draws by hand: μ = 0 makes θ⁻ the online student itself
+    gen = torch.Generator().manual_seed(3)
+    sch, grid = objective.schedule, torch.tensor(consistency_grid(1000, 20))
+    t_next = grid[torch.randint(0, len(grid), (6,), generator=gen)]
+    t_prev = torch.clamp(t_next - 20, min=0)
+    x_next = sch.diffuse(x0, t_next, torch.randn(x0.shape, generator=gen))
+    with torch.no_grad():
+        x0_teacher, eps_teacher = sch.predict(objective.teacher, x_next, t_next)
+        target = consistency_function(sch, student, sch.ddim_step(x0_teacher, eps_teacher, t_prev), t_prev)
+        diff = consistency_function(sch, student, x_next, t_next) - target
+    c = 0.00054 * 8  # 0.00054·√d, d = 64
+    expected = ((diff.flatten(1).pow(2).sum(1) + c**2).sqrt() - c).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
 
 
 def test_a_step_count_without_a_student_is_one_config_error(tmp_path: Path) -> None:

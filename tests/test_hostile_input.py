@@ -39,6 +39,11 @@ CASES = {
     "no techniques": (HEADER, "no [[technique]] entries"),
     "base depth out of range": (HEADER.replace("[model]", "[model]\nlayers_per_block = 9") + ENTRY,
                                 "model.layers_per_block = 9 is beyond 4"),
+    "unknown schedule": (HEADER.replace("[model]", '[model]\nschedule = "sigmoid"') + ENTRY,
+                         "model.schedule 'sigmoid' is not one of linear, cosine"),
+    "consistency knob on progressive": (HEADER + '[[technique]]\nname = "distillation"\nsteps = [1]\n'
+                                        'params = { loss = ["pseudo_huber"] }\n',
+                                        "loss and target_ema apply to method = consistency only"),
     "negative retries": (HEADER + ENTRY + '[executor]\nkind = "ray"\nmax_retries = -1\n',
                          "executor.max_retries must be ≥ 0"),
 }

@@ -65,7 +65,44 @@ def test_tdpm_record_keeps_gan_curves_and_a_verdict(tiny_base) -> None:
     assert record["total_steps"] == recipe.steps + tiny_base.steps  # the warm start's training counts
 
 
+def test_gan_prior_emits_x_t_itself_and_is_judged_on_the_weights_the_sweep_samples(tiny_base) -> None:
+    from bench import zoo
+    from bench.sampling import DiscreteSchedule
+    from techniques.truncation import GAN_EVAL_SUBSTEPS, PRIOR_EVAL_SEEDS, _PriorFID
+
+    params = Truncation.Params(prior="gan", t_trunc=30, tdpm_t=30)
+    recipe = Truncation().artifacts(params, tiny_base)["prior"]
+    record = zoo.ensure(recipe, progress=False).record
+    assert record["convergence_rule"] == CONVERGENCE_RULE and isinstance(record["gan_converged"], bool)
+    assert "EMA" in record["prior_fid_measures"] and len(PRIOR_EVAL_SEEDS) >= 500
+    assert [s for s, _ in record["prior_fid_curve"]][-1] == recipe.steps
+    pipe, models = _pipeline(tiny_base, params, 2)
+    prior, denoiser = models["prior"], models["model"]
+    with torch.no_grad():
+        # the verdict's last FID is the shipped (EMA) weights' FID: recomputed from the artifact, it is the same
+        sch = DiscreteSchedule(denoiser.scheduler_config)
+        x = prior(noise_like(generators(PRIOR_EVAL_SEEDS), denoiser.image_shape, "cpu"))
+        chain = sch.ddim(denoiser, x, sch.trailing_grid(GAN_EVAL_SUBSTEPS, start=30))
+        assert _PriorFID(recipe)(chain) == pytest.approx(record["prior_fid_curve"][-1][1], abs=1e-3)
+        # sampling: x_T' straight from the generator (no re-noising), then the baseline's DDIM steps below T'
+        x_t = prior(noise_like(generators(range(3)), denoiser.image_shape, "cpu"))
+        expected = sch.ddim(denoiser, x_t, sch.trailing_grid(2, start=30))
+        assert torch.equal(pipe.sample(generators(range(3)), None), expected)
+
+
+def test_minibatch_std_lets_the_critic_see_a_batchs_diversity() -> None:
+    from techniques.truncation import MinibatchStdDiscriminator
+
+    critic = MinibatchStdDiscriminator(1, 8, width=8).eval()
+    x = torch.randn(4, 1, 8, 8)
+    collapsed = x[:1].expand(4, -1, -1, -1)  # the same image four times: zero spread within the group
+    with torch.no_grad():
+        assert not torch.allclose(critic(x)[0], critic(collapsed)[0])
+        assert torch.allclose(critic(collapsed), critic(collapsed)[:1].expand(4))
+
+
 @pytest.mark.parametrize(("params", "steps", "message"), [
+    ('{ prior = ["gan"], t_trunc = [200] }', 5, "t_trunc 200 differs from tdpm_t 100"),
     ('{ prior = ["tdpm"], t_trunc = [200] }', 5, "t_trunc 200 exceeds tdpm_t 100"),
     ('{ t_trunc = [0] }', 5, "steps 5 must be 1 with t_trunc = 0"),
     ('{ t_trunc = [10] }', 20, "steps 20 exceeds t_trunc = 10"),
