@@ -99,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
                     "new machine measures its own.")
     machines.add_argument("results", type=Path, nargs="+", help="stores, or folders of stores")
 
+    verdicts = sub.add_parser(
+        "verdicts", help="judge each technique's paper claims on the stored results (reproduced / not / undecided)",
+        description="One row per paper claim and recipe (the matched-budget one the harness ships, the paper's own "
+                    "or the nearest the budget allows): the cells it compares, the measured result with its "
+                    "interval (paired against the reference where quality is compared) and the verdict with its "
+                    "reason. Rules: bench/verdicts.py. A claim whose cells are not in the stores is undecided, naming "
+                    "what to run.")
+    verdicts.add_argument("--results", type=Path, default=Path("results"),
+                          help="folder holding the stores the claims name (default: results)")
+    verdicts.add_argument("--technique", help="only this technique's claims")
+    verdicts.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
+
     sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions")
 
     new = sub.add_parser(
@@ -192,6 +204,23 @@ def _machines(args: argparse.Namespace) -> int:
         ok = int((rows["status"] == "ok").sum())
         print(f"{machine_id}\n    {what}\n    {len(rows)} cells ({ok} ok), written {rows['written_at'].min()} … "
               f"{rows['written_at'].max()}")
+    return 0
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    from bench import registry, verdicts
+
+    if args.technique:
+        registry.get(args.technique)  # one line naming the known techniques when it is not one
+    if not args.results.is_dir():
+        raise UserError(f"--results {args.results} is not a folder of results stores")
+    table = verdicts.table(args.results, args.technique)
+    if args.markdown:
+        print(verdicts.markdown(table))
+        return 0
+    for _, row in table.iterrows():
+        print(f"[{row['verdict']}] {row['technique']}: {row['claim (paper, number)']}\n    recipe: {row['recipe']}"
+              f"\n    cells: {row['cells']}\n    result: {row['result']}\n    why: {row['why']}")
     return 0
 
 
@@ -316,5 +345,5 @@ def _derive_mnist(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "compare": _compare, "machines": _machines,
-             "techniques": _techniques,
+             "verdicts": _verdicts, "techniques": _techniques,
              "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist}

@@ -719,7 +719,29 @@ def technique_sections(df: pd.DataFrame, against: pd.DataFrame | None = None,
             out += [f"<div class='fig'>{figure_svg(fig)}</div>" for fig in section.figures]
             out += [t.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}")
                     for t in section.tables]
+        out.append(claims_section(str(name), rows))
     return "\n".join(out) or "<p>No technique contributed a section.</p>"
+
+
+def claims_section(technique: str, rows: pd.DataFrame) -> str:
+    """The technique's paper claims with their verdicts, judged on the stores beside this one (``bench.verdicts``)."""
+    from bench import registry, verdicts
+
+    if not registry.get(technique).claims:
+        return ""
+    stores = rows["store"].dropna() if "store" in rows else pd.Series(dtype=object)
+    if stores.empty:
+        return ""
+    root = Path(str(stores.iloc[0])).parent
+    try:
+        table = verdicts.table(root, technique).drop(columns="technique")
+    except Exception as exc:  # the verdicts must not sink the report
+        return f"<p class='warn'>The {_esc(technique)} verdicts failed: {_esc(_first_line(exc))}</p>"
+    return (f"<h3>{_esc(technique)}: the paper's claims and their verdicts</h3><p>Each claim tested with the "
+            f"matched-budget recipe and with the paper's (or the nearest the budget allows), on the stores under "
+            f"{_esc(root)}/; rules in bench/verdicts.py (quality: paired bootstrap ΔFID, 95%). "
+            "<code>python -m bench verdicts</code> prints the same table.</p>"
+            + table.to_html(index=False, escape=True, na_rep=""))
 
 
 def machine_speedups(ok: pd.DataFrame) -> pd.DataFrame:

@@ -46,6 +46,9 @@ class Pipeline:
     observe: Callable[[], dict[str, Any]] | None = None
 
 
+CLAIMS_MARKER = "# -- paper claims (not part of the technique's version) --"
+
+
 class Technique:
     """Base class for technique plugins; see docs in README."""
 
@@ -54,6 +57,11 @@ class Technique:
     # Params changes the contract suite exercises besides the defaults, every sampler and every mode (e.g. a second
     # method or prior the same class implements): {"method": "consistency"}.
     contract_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+    # The paper's claims, each with the stored cells that test it, once per recipe (``bench.verdicts.Claim``):
+    # ``python -m bench verdicts`` and the report judge them. Assign them below CLAIMS_MARKER at the end of the
+    # technique's file: what follows that line is not part of the technique's version, so stating a claim never
+    # marks stored results stale.
+    claims: ClassVar[tuple[Any, ...]] = ()
 
     @dataclass(frozen=True)
     class Params:
@@ -89,8 +97,8 @@ class Technique:
 
     @classmethod
     def version(cls) -> str:
-        """A hash of the technique's source file: results from older code can be recognised."""
-        source = inspect.getsource(inspect.getmodule(cls))
+        """A hash of the technique's source file (up to CLAIMS_MARKER): results from older code can be recognised."""
+        source = inspect.getsource(inspect.getmodule(cls)).split(CLAIMS_MARKER)[0]
         return hashlib.sha256(source.encode()).hexdigest()[:12]
 
     @classmethod

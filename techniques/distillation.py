@@ -301,3 +301,34 @@ def consistency_sample(sch: DiscreteSchedule, model: Denoiser, timesteps: list[i
         if callback is not None:
             callback(StepInfo(i, float(t), x))
     return x
+
+
+# -- paper claims (not part of the technique's version) --
+from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
+
+_MATCHED_RECIPE = "ours (matched budget): the ε-teacher on the linear schedule read as v, lr 2e-4 + EMA"
+_PAPER_RECIPE = "paper's: a v-teacher on the cosine schedule, lr 5e-5 → 0 per stage, no EMA (1000 steps per halving)"
+Distillation.claims = (
+    *(Claim(f"progressive distillation's {n}-step student beats DDIM at {n} steps (Salimans & Ho 2022, CIFAR-10: "
+            f"{fid} at {n} steps)", recipe, "quality", CellRef(store, "distillation", n, sel),
+            CellRef(store, "step_reduction", n, {"sampler": "ddim"}))
+      for n, fid in ((2, 4.51), (4, 3.00))
+      for recipe, store, sel in ((_MATCHED_RECIPE, "distillation", {"method": "progressive"}),
+                                 (_PAPER_RECIPE, "distillation_paper",
+                                  {"method": "progressive", "optimiser": "paper"}))),
+    *(Claim(f"consistency distillation beats progressive distillation at {n} step{'s' if n > 1 else ''} "
+            "(Song et al. 2023, CIFAR-10: CD 3.55 at 1 step, PD 8.34)", recipe, "quality",
+            CellRef(store, "distillation", n, {"method": "consistency", **sel}),
+            CellRef(store, "distillation", n,
+                    {"method": "progressive", **({"optimiser": pd_opt} if pd_opt else {})}))
+      for n in (1, 2)
+      for recipe, store, sel, pd_opt in (
+          ("ours (matched budget): ε-teacher, LCM's recipe (μ = 0.95, ℓ2, DDIM teacher)", "distillation", {},
+           None),
+          ("v-teacher (cosine), LCM's recipe (μ = 0.95, ℓ2), against PD with the paper's optimiser",
+           "distillation_paper", {"target_ema": 0.95, "loss": "l2"}, "paper"),
+          ("v-teacher, μ = 0 (the CM paper's CIFAR-10 code), against PD with the paper's optimiser",
+           "distillation_paper", {"target_ema": 0.0, "loss": "l2"}, "paper"),
+          ("v-teacher, iCT's pseudo-Huber loss (μ = 0.95), against PD with the paper's optimiser",
+           "distillation_paper", {"target_ema": 0.95, "loss": "pseudo_huber"}, "paper"))),
+)

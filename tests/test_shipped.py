@@ -23,11 +23,17 @@ def test_bench_train_finds_every_shipped_artifact_up_to_date() -> None:
     shipped = {d.name for d in zoo.SHIPPED_ZOO.iterdir() if (d / zoo.RECORD_FILE).exists()}
     # the FID classifier, the baseline ε-model, the dual-output network, the ODE U-Net, the VAE and TDPM priors, four
     # progressive students and the consistency student; the SimCLR extractor results/extractor_simclr used; and the
-    # continuous U-Net paper pair's base (two blocks per level), paper-proportioned and Euler-trained networks
-    assert len(shipped) == 15
+    # continuous U-Net paper pair's base (two blocks per level), paper-proportioned and Euler-trained networks; the
+    # papers' recipes (issue #16): the v-prediction cosine teacher, its four progressive students (the paper's
+    # optimiser) and three consistency students (LCM's, mu = 0, pseudo-Huber); the dual network's gate fine-tunes
+    # (paper and balanced loss), its warm start from the baseline and the two networks' time-only gates; the GAN
+    # priors at T' = 300 and 500
+    assert len(shipped) == 30
     found = set()
-    paper_pair = ROOT / "bench" / "configs" / "ode_unet_paper.toml"
-    for override in ([], ["--set", "quality.extractor=simclr"], ["--config", str(paper_pair)]):
+    configs = ROOT / "bench" / "configs"
+    studies = [["--config", str(configs / f"{name}.toml")]
+               for name in ("ode_unet_paper", "distillation_paper", "dual_output", "truncation")]
+    for override in ([], ["--set", "quality.extractor=simclr"], *studies):
         result = run_cli("train", "--no-progress", *override)
         assert result.returncode == 0 and "trained" not in result.stdout, result.stdout + result.stderr
         found |= {Path(line.split(" up to date at ")[1]).name for line in result.stdout.splitlines()
