@@ -380,7 +380,7 @@ DualOutput.claims = (
     *(Claim(f"dual-output beats its DDIM baseline at {n} steps (Benny & Wolf 2022, CIFAR-10: {dual} vs {ddim})",
             recipe, "quality", CellRef("dual_output", "dual_output", n, {"mode": "dual", **sel}),
             CellRef("dual_output", "step_reduction", n, {"sampler": "ddim"}))
-      for n, dual, ddim in ((5, 35.1, 49.7), (10, 11.7, 18.6))
+      for n, dual, ddim in ((5, 35.1, 49.7), (10, 11.7, 18.6), (20, 8.6, 10.9))
       for recipe, sel in ((_MATCHED_RECIPE, {"init": "scratch", "gate_loss": "paper"}),
                           (_WARM_START_RECIPE, {"init": "baseline", "gate_loss": "balanced"}))),
     *(Claim("the learned gate trusts x̂_0 at high noise and ε at low noise (Benny & Wolf 2022, their gate plot)",
