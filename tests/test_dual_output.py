@@ -23,12 +23,17 @@ def _dual(net=None) -> Denoiser:
     return Denoiser(net or FixedHeads(), "dual", DDPM_SCHEDULE, (1, 4, 4))
 
 
-def test_posterior_mean_term_trains_only_the_gate() -> None:
+def _training_batch():
+    """ᾱ, four timesteps from clean to pure noise, x_0, ε, x_t and a random 3-channel network output."""
     ac = _alphas_cumprod(DDPM_SCHEDULE)
     t = torch.tensor([0, 10, 500, 999])
     x0, noise = torch.rand(4, 1, 4, 4) * 2 - 1, torch.randn(4, 1, 4, 4)
     x_t = ac[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * noise
-    out = torch.randn(4, 3, 4, 4, requires_grad=True)
+    return ac, t, x0, noise, x_t, torch.randn(4, 3, 4, 4, requires_grad=True)
+
+
+def test_posterior_mean_term_trains_only_the_gate() -> None:
+    ac, t, x0, noise, x_t, out = _training_batch()
     losses = dual_losses(out, x0, x_t, noise, ac[t], _alpha_bar_prev(ac)[t])
     assert set(losses) == {"x0", "eps", "posterior_mean"}
     losses["posterior_mean"].backward()
@@ -51,11 +56,7 @@ def test_modes_pick_the_heads() -> None:
 
 
 def test_balanced_gate_term_drops_the_c1_weighting_and_still_trains_only_the_gate() -> None:
-    ac = _alphas_cumprod(DDPM_SCHEDULE)
-    t = torch.tensor([0, 10, 500, 999])
-    x0, noise = torch.rand(4, 1, 4, 4) * 2 - 1, torch.randn(4, 1, 4, 4)
-    x_t = ac[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * noise
-    out = torch.randn(4, 3, 4, 4, requires_grad=True)
+    ac, t, x0, noise, x_t, out = _training_batch()
     losses = dual_losses(out, x0, x_t, noise, ac[t], _alpha_bar_prev(ac)[t], balanced=True)
     x0_hat, eps_hat, logit = split_heads(out.detach(), 1)
     s = (1 - ac[t]).sqrt().view(-1, 1, 1, 1)
