@@ -68,7 +68,7 @@ def test_cli_prints_every_registered_claim_and_refuses_a_missing_folder(tiny_swe
 def test_report_shows_each_techniques_claims(tiny_sweep, technique: str) -> None:
     root, _, _ = tiny_sweep
     html = (root / "report.html").read_text()
-    start = html.index(f"{technique}: the paper&#x27;s claims and their verdicts")
+    start = html.index(f"<h3>{technique}: the paper's claims and their verdicts</h3>")
     assert "undecided" in html[start:start + 20_000]
 
 
