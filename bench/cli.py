@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                               "precision:-X, recall:-X (B decided worse by more than X)")
     compare.add_argument("--html", type=Path, help="also write the table as an HTML file")
     compare.add_argument("--draws", type=int, default=500, help="bootstrap draws (default 500)")
+    compare.add_argument("--across-models", action="store_true",
+                         help="two stores of different base models (a latent and a pixel DiT): pair cells that match "
+                              "on everything but the model")
 
     machines = sub.add_parser(
         "machines", help="list the machines whose measurements a results store holds",
@@ -111,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     verdicts.add_argument("--technique", help="only this technique's claims")
     verdicts.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
 
-    sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions")
+    sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions, the "
+                                      "model kinds each supports")
 
     new = sub.add_parser(
         "new-technique", help="scaffold a technique file, its contract test and its registration line",
@@ -266,7 +270,7 @@ def _compare(args: argparse.Namespace) -> int:
         for path, df in ((a_dir, df_a), (b_dir, df_b)):
             if df.empty:
                 raise UserError(f"results store {path} holds no records")
-        table = compare.compare_stores(df_a, df_b, comparer)
+        table = compare.compare_stores(df_a, df_b, comparer, across_models=args.across_models)
         title = f"bench compare {a_dir} → {b_dir}"
     elif a_dir.is_dir() or b_dir.is_dir():
         raise UserError("give two cell ids or two store folders, not one of each")
@@ -301,8 +305,12 @@ def _techniques(args: argparse.Namespace) -> int:
         technique = registry.get(name)
         origin = "built-in" if name in BUILTIN else f"entry point {registry.ENTRY_POINT_GROUP}"
         params = ", ".join(f"{k}={v!r}" for k, v in technique.param_fields().items())
+        from bench.model import MODEL_KINDS
+
+        unsupported = [k for k in MODEL_KINDS if k not in technique.model_kinds]
         print(f"{name} ({origin}: {target}) version {technique.version()}\n    {technique.description}\n"
-              f"    params: {params}")
+              f"    params: {params}\n    models: {', '.join(technique.model_kinds)}"
+              + (f" (cells on {', '.join(unsupported)} models are stored skipped)" if unsupported else ""))
     return 0
 
 

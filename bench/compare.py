@@ -138,7 +138,20 @@ class Comparer:
         boot_c, point_c = self._cell(candidate, n)
         same = _entry(reference, "generated")["sha256"] == _entry(candidate, "generated")["sha256"] and \
             _entry(reference, "generated")["shape"][0] == _entry(candidate, "generated")["shape"][0]
-        return stats.differences(point_c, point_r, boot_c, boot_r, n, same)
+        out = stats.differences(point_c, point_r, boot_c, boot_r, n, same)
+        bits = [class_correct(row) for row in (candidate, reference)]
+        if all(b is not None and len(b) >= n for b in bits):  # class-conditional cells: their class accuracy too
+            draws = self._reference(reference, n).reference.draws.gen_counts
+            out["class_accuracy"] = stats.paired_proportion(bits[0][:n], bits[1][:n], draws)
+        return out
+
+
+def class_correct(row: Any) -> np.ndarray | None:
+    """Per seed, 1 where the offline classifier found the class the image was asked for (conditional cells)."""
+    entry = row.get("class_correct") if hasattr(row, "get") else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("bits"), str):
+        return None
+    return np.frombuffer(entry["bits"].encode(), dtype=np.uint8) - ord("0")
 
 
 # -- finding cells --------------------------------------------------------------------------------------------------
@@ -161,17 +174,25 @@ def match_key(row: Any, ignore: tuple[str, ...] = HARDWARE_AXES) -> str:
     """What two stores' cells must share to be the same experiment: technique, params, steps, model, quality
     settings — everything but the hardware axes and N (an extended cell pairs over its first seeds)."""
     keep = ("technique", "params", "steps", "dataset", "resolution", "model", "artifacts", "extractor",
-            "reference_split", "reference_n", "seed", *HARDWARE_AXES)
+            "reference_split", "reference_n", "seed", "guidance", "conditions", *HARDWARE_AXES)
     spec = {k: row.get(k) for k in keep if k not in ignore}
-    spec["model"] = json.dumps(spec.get("model"), sort_keys=True, default=str)
-    spec["artifacts"] = json.dumps(spec.get("artifacts"), sort_keys=True, default=str)
+    for key in ("model", "artifacts", "guidance", "conditions"):
+        spec[key] = json.dumps(_present(spec.get(key)), sort_keys=True, default=str)
     return json.dumps(spec, sort_keys=True, default=str)
 
 
+def _present(value: Any) -> Any:
+    """A DataFrame's missing value (NaN where a store has no such column entry) as None."""
+    return value if isinstance(value, (dict, list, str)) else None
+
+
 def label(row: Any) -> str:
+    from bench.report import guidance_label
+
     params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
     shown = " ".join(f"{k}={v}" for k, v in params.items() if k not in ("eta", "timestep_spacing"))
-    return f"{row['technique']} {shown} steps={row['steps']}".replace("  ", " ")
+    guided = guidance_label(row.get("guidance"))
+    return f"{row['technique']} {shown} {guided} steps={row['steps']}".replace("  ", " ").replace("  ", " ")
 
 
 def _hardware(row: Any) -> str:
@@ -191,6 +212,8 @@ def compare_cells(a: pd.Series, b: pd.Series, comparer: Comparer | None = None) 
     comparer = comparer or Comparer()
     out: dict[str, Any] = {"cell": label(a), "a": a["spec_hash"], "b": b["spec_hash"], "hardware_a": _hardware(a),
                            "hardware_b": _hardware(b)}
+    if a.get("flops_per_image") and b.get("flops_per_image"):  # counted FLOPs: exact, no interval needed
+        out["flops_ratio"] = float(b["flops_per_image"]) / float(a["flops_per_image"])
     la, lb = raw_latencies(a), raw_latencies(b)
     if la and lb:
         ratio, low, high = stats.median_ratio(la, lb)
@@ -206,18 +229,25 @@ def compare_cells(a: pd.Series, b: pd.Series, comparer: Comparer | None = None) 
     return out
 
 
-def compare_stores(a: pd.DataFrame, b: pd.DataFrame, comparer: Comparer | None = None) -> pd.DataFrame:
-    """One row per cell found in both stores (ok in both), in A's order."""
+MODEL_AXES = ("model", "artifacts")
+
+
+def compare_stores(a: pd.DataFrame, b: pd.DataFrame, comparer: Comparer | None = None,
+                   across_models: bool = False) -> pd.DataFrame:
+    """One row per cell found in both stores (ok in both), in A's order; ``across_models`` pairs cells of different
+    base models (a latent and a pixel model, say) that match on everything else."""
     comparer = comparer or Comparer()
     a, b = a[a["status"] == "ok"], b[b["status"] == "ok"]
+    ignore = HARDWARE_AXES + (MODEL_AXES if across_models else ())
     rows = []
     by_key_b: dict[str, list[pd.Series]] = {}
     for _, row in b.iterrows():
-        by_key_b.setdefault(match_key(row), []).append(row)
+        by_key_b.setdefault(match_key(row, ignore), []).append(row)
     for _, row in a.sort_values(["technique", "params", "steps"]).iterrows():
-        candidates = by_key_b.get(match_key(row), [])
+        candidates = by_key_b.get(match_key(row, ignore), [])
         if len(candidates) > 1:  # a hardware sweep in B: the cell with A's hardware
-            candidates = [c for c in candidates if match_key(c, ()) == match_key(row, ())]
+            candidates = [c for c in candidates if match_key(c, ignore[len(HARDWARE_AXES):])
+                          == match_key(row, ignore[len(HARDWARE_AXES):])]
         if len(candidates) == 1:
             rows.append(compare_cells(row, candidates[0], comparer))
     return pd.DataFrame(rows)
@@ -297,11 +327,15 @@ def text_table(table: pd.DataFrame) -> str:
                                          table["hardware_a"] + " → " + table["hardware_b"])
     view = pd.DataFrame({
         "cell": table["cell"], **({"hardware": hardware} if hardware.nunique() > 1 else {}),
+        **({"FLOPs B/A": table["flops_ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")}
+           if "flops_ratio" in table and table["flops_ratio"].round(6).ne(1).any() else {}),
         "time B/A [95% CI]": table.apply(_fmt_ratio, axis=1),
         "ΔFID B−A [95% CI]": table.apply(lambda r: _fmt_delta(r, "fid"), axis=1),
         "ΔKID": table.apply(lambda r: _fmt_delta(r, "kid", ".3g"), axis=1),
         "Δprecision": table.apply(lambda r: _fmt_delta(r, "precision", ".3f"), axis=1),
         "Δrecall": table.apply(lambda r: _fmt_delta(r, "recall", ".3f"), axis=1),
+        **({"Δclass acc.": table.apply(lambda r: _fmt_delta(r, "class_accuracy", ".3f"), axis=1)}
+           if "class_accuracy_delta" in table else {}),
     })
     return view.to_string(index=False)
 

@@ -44,6 +44,12 @@ class ModelConfig:
                                     "the baseline the continuous U-Net paper compares against)")
     pretrained: str = knob("", "a local diffusers folder or hub id (UNet2DModel) to use instead of the zoo's base "
                                "model: imported into the zoo by its weights hash; every technique trains from it")
+    arch: str = knob("unet", "the zoo base model's network: unet (diffusers' UNet2DModel) or dit (a small "
+                             "DiTTransformer2DModel, class-conditional)")
+    latent: bool = knob(False, "the base model is a latent DiT: diffusion on the latents (4×4×4 at 16×16) of a small "
+                               "AutoencoderKL the zoo trains first; every image's decode is measured apart")
+    conditioning: str = knob("none", "none, or class: the base model is class-conditional (image i gets label "
+                                     "seed_i mod 10; guidance per [[technique]] entry)")
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,13 @@ class TechniqueConfig:
     steps: list[int] = knob([], "requested sampling steps")
     params: dict[str, list[Any]] = knob({}, "technique parameters, each a value or a list of values to sweep")
     n_samples: int = knob(0, "override quality.n_samples for this entry (0 = use quality.n_samples)")
+    guidance: list[float] = knob([1.0], "class-conditional models: classifier-free guidance scales to sweep "
+                                        "(diffusers' w: uncond + w·(cond − uncond); 1 = unguided, one network "
+                                        "evaluation per step)")
+    guider: list[str] = knob(["cfg"], "diffusers guiders to sweep: cfg, cfg_zero_star, tangential, apg")
+    guidance_interval: list[list[float]] = knob([[0.0, 1.0]], "[start, stop) fractions of the sampler's steps on "
+                                                              "which the guider guides (Kynkäänniemi et al. 2024: "
+                                                              "a middle interval); a list of them to sweep")
 
 
 @dataclass(frozen=True)
@@ -265,6 +278,17 @@ def validate(config: SweepConfig) -> None:
     if m.pretrained and m.schedule != "linear":
         raise UserError("config: model.schedule sets the zoo's base model's schedule; with model.pretrained the "
                         "schedule is the pretrained one's: remove one of them")
+    if m.arch not in ("unet", "dit"):
+        raise UserError(f"config: model.arch {_short(m.arch)} is not unet or dit")
+    if m.conditioning not in ("none", "class"):
+        raise UserError(f"config: model.conditioning {_short(m.conditioning)} is not none or class")
+    if m.arch == "dit" and m.conditioning != "class":
+        raise UserError("config: model.arch = 'dit' is class-conditional: set model.conditioning = 'class'")
+    if m.latent and m.arch != "dit":
+        raise UserError("config: model.latent needs model.arch = 'dit' (the zoo's latent model is the DiT)")
+    if m.pretrained and (m.arch != "unet" or m.conditioning != "none" or m.latent):
+        raise UserError("config: model.arch, model.conditioning and model.latent shape the zoo's base model; with "
+                        "model.pretrained the network is the pretrained one: remove one of them")
     if not 4 <= m.resolution <= 512:
         raise UserError(f"config: model.resolution {m.resolution} is outside 4..512")
     if q.reference_split not in ("train", "test"):
@@ -280,6 +304,7 @@ def validate(config: SweepConfig) -> None:
         for steps in entry.steps:
             _range(f"technique[{i}].steps", steps, 1)  # the upper bound is the technique's (sweep.expand)
         _range(f"technique[{i}].n_samples", entry.n_samples, 0, LIMITS["quality.n_samples"])
+        _validate_guidance(config, entry, f"technique[{i}]")
     ex = config.executor
     if ex.kind not in EXECUTORS:
         raise UserError(f"config: executor.kind {_short(ex.kind)} is not one of {', '.join(EXECUTORS)}")
@@ -288,6 +313,34 @@ def validate(config: SweepConfig) -> None:
     _range("executor.ray_num_cpus", ex.ray_num_cpus, 0, 4096)
     _range("executor.max_retries", ex.max_retries, 0, 100)
     _validate_data(config)
+
+
+def _validate_guidance(config: SweepConfig, entry: TechniqueConfig, where: str) -> None:
+    default = TechniqueConfig()
+    if config.model.conditioning == "none":
+        for key in ("guidance", "guider", "guidance_interval"):
+            if getattr(entry, key) != getattr(default, key):
+                raise UserError(f"config: {where}.{key} applies to class-conditional models; model.conditioning is "
+                                "'none'")
+        return
+    for interval in entry.guidance_interval:
+        if len(interval) != 2:
+            raise UserError(f"config: {where}.guidance_interval {interval} is not [start, stop]")
+    for guidance in guidances(entry):
+        try:
+            guidance.validate()
+        except ValueError as exc:
+            raise UserError(f"config: {where}: {exc}") from None
+
+
+def guidances(entry: TechniqueConfig) -> list[Any]:
+    """The entry's ``bench.conditioning.Guidance`` grid (guider × scale × interval), each once; a scale of 1 is one
+    unguided point whatever the guider and interval."""
+    from bench.conditioning import Guidance
+
+    grid = [Guidance(g, float(w), float(a), float(b)) if w != 1.0 else Guidance()
+            for g in entry.guider for w in entry.guidance for a, b in entry.guidance_interval]
+    return list(dict.fromkeys(grid))
 
 
 def _validate_data(config: SweepConfig) -> None:

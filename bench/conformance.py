@@ -173,6 +173,40 @@ def check_seed_determinism(ctx: Context) -> None:
         _require(not torch.allclose(full[0], full[1]), f"{params}: different seeds give the same image")
 
 
+def check_model_kinds(ctx: Context) -> None:
+    """The declared model kinds are known; on a class-conditional model (when declared) every variant samples each
+    seed's own class deterministically, and guidance doubles the network evaluations of every guided step."""
+    from bench import recipes
+    from bench.conditioning import Guidance
+    from bench.model import MODEL_KINDS
+    from bench.runner import conditioned_pipeline
+
+    kinds = tuple(ctx.technique.model_kinds)
+    _require(bool(kinds) and set(kinds) <= set(MODEL_KINDS),
+             f"model_kinds = {kinds!r}: declare a non-empty subset of {MODEL_KINDS}")
+    if "class" not in kinds:
+        return
+    conditional = Context(ctx.name, ctx.technique, recipes.denoiser_recipe("digits", 8, steps=40,
+                                                                           conditioning="class"))
+    for params in conditional.variants():
+        steps = conditional.steps(params, 4)
+        model = conditional.models(params)["model"]
+        calls = []
+        for guidance in (Guidance(), Guidance(scale=2.0)):
+            pipe = conditioned_pipeline(conditional.pipeline(params, steps), model.num_classes, guidance)
+            recorder = CallRecorder(pipe.networks)
+            with torch.no_grad():
+                full = pipe.sample(generators([0, 1, 2, 3]), None)
+                part = pipe.sample(generators([2, 3]), None)
+            calls.append(sum(recorder.calls.values()) / 2)
+            recorder.remove()
+            _require(torch.allclose(full[2:], part, atol=1e-4, rtol=1e-4),
+                     f"{params}: on a class-conditional model, images change with the batch they are in")
+        _require(calls[1] == 2 * calls[0], f"{params}: guidance at w = 2 ran {calls[1]:g} network evaluations per "
+                 f"image against {calls[0]:g} unguided; every guided step must evaluate the label and the null "
+                 "class (route every call through the base Denoiser)")
+
+
 def check_report_sections(ctx: Context) -> None:
     """``report_sections`` accepts an empty frame of rows and returns a list of ``ReportSection``."""
     import pandas as pd
@@ -183,7 +217,7 @@ def check_report_sections(ctx: Context) -> None:
 
 
 CHECKS: list[Callable[[Context], None]] = [check_declaration, check_validate, check_artifacts, check_sampling,
-                                           check_seed_determinism, check_report_sections]
+                                           check_seed_determinism, check_model_kinds, check_report_sections]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import zoo
+from bench import train, zoo
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def prepare(recipes: list[zoo.Recipe], progress: bool = True) -> Manifest:
     manifest = {}
     for recipe in recipes:
         try:
-            artifact = zoo.ensure(recipe, progress=progress)
+            artifact = train.ensure(recipe, progress=progress)
         except UserError:
             raise
         except Exception as exc:

@@ -22,9 +22,9 @@ from typing import Any
 
 from bench import config as cfg
 from bench import delivery, zoo
+from bench.cell import Cell
 from bench.errors import UserError
 from bench.store import Store
-from bench.sweep import Cell
 
 EXECUTORS = cfg.EXECUTORS
 Prior = list[tuple[Cell, dict[str, Any]]]  # stored records a worker may reuse quality from

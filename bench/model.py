@@ -1,5 +1,6 @@
 """The common model interface every technique wraps: a denoiser network, what it predicts, its noise schedule
-(a diffusers scheduler config) and the image shape."""
+(a diffusers scheduler config), the image shape and, for a class-conditional model, its classes (with a null class
+for classifier-free guidance; ``bench.conditioning`` supplies each image's label and the guider)."""
 
 from __future__ import annotations
 
@@ -30,29 +31,100 @@ DDPM_SCHEDULE: dict[str, Any] = {
 # linear one), so it pairs with a v- or x-predicting model, not an ε one.
 COSINE_SCHEDULE: dict[str, Any] = {**DDPM_SCHEDULE, "beta_schedule": "squaredcos_cap_v2"}
 SCHEDULES: dict[str, dict[str, Any]] = {"linear": DDPM_SCHEDULE, "cosine": COSINE_SCHEDULE}
+# The networks a zoo recipe builds: diffusers' U-Net, and its class-conditional transformer (DiT, Peebles & Xie 2023).
+ARCHS = ("unet", "dit")
+# What a model is conditioned on; a technique declares the kinds it supports (``Technique.model_kinds``).
+MODEL_KINDS = ("unconditional", "class")
+
+
+class Evaluation(nn.Module):
+    """One evaluation of a conditional network, ``(x_t, t, labels) → prediction``: what NFE counts and FLOPs measure
+    for a conditional ``Denoiser``, whose single call may evaluate its network twice (classifier-free guidance).
+
+    It owns the network: a conditional ``Denoiser`` reaches it as ``denoiser.net`` through this module."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = self.net(x, t, labels)
+        return out.sample if hasattr(out, "sample") else out
+
+
+class Decoder(nn.Module):
+    """A latent model's VAE decode, latents (scaled as the denoiser sees them) → images in [-1, 1]: a network of its
+    own, whose calls and FLOPs a record keeps apart from the denoiser's."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → the latents the denoiser is trained on (the posterior mean, scaled)."""
+        return self.vae.encode(images).latent_dist.mean * self.scaling_factor
 
 
 class Denoiser(nn.Module):
     """``denoiser(x_t, t)`` → the network's prediction of ``prediction_type`` at timestep(s) ``t``.
 
-    Forward hooks on this module count denoiser calls (NFE) and capture inputs for FLOP counting, so a technique
-    routes every network evaluation it makes at sampling time through a ``Denoiser``.
+    Forward hooks on ``counted`` (this module, or a conditional model's ``Evaluation``) count network evaluations
+    (NFE) and capture inputs for FLOP counting, so a technique routes every network evaluation it makes at sampling
+    time through a ``Denoiser``. A conditional one (``num_classes``) takes its images' labels from
+    ``class_labels`` or, when not given, from the enclosing ``bench.conditioning.conditioned`` block, which may also
+    guide it: each guided call then evaluates the network on the labels and on the null class (``num_classes``).
     """
 
     def __init__(self, net: nn.Module, prediction_type: str, scheduler_config: dict[str, Any],
-                 image_shape: tuple[int, int, int]) -> None:
+                 image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 decoder: Decoder | None = None) -> None:
         super().__init__()
-        self.net = net
+        self.decoder = decoder  # a latent model's VAE decode; image_shape is then the latent shape
+        if num_classes:
+            self.evaluation = Evaluation(net)
+        else:
+            self.add_module("net", net)
+            self.evaluation = None
         self.prediction_type = prediction_type
         self.scheduler_config = {**scheduler_config, "prediction_type": prediction_type}
         self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+    @property
+    def net(self) -> nn.Module:
+        return self.evaluation.net if self.evaluation is not None else self._modules["net"]
+
+    @property
+    def kind(self) -> str:
+        return "class" if self.num_classes else "unconditional"
+
+    @property
+    def counted(self) -> nn.Module:
+        """The module whose calls are network evaluations (NFE)."""
+        return self.evaluation if self.evaluation is not None else self
+
+    @property
+    def null_class(self) -> int | None:
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        out = self.net(x, t)
-        return out.sample if hasattr(out, "sample") else out
+        if self.evaluation is None:
+            out = self.net(x, t)
+            return out.sample if hasattr(out, "sample") else out
+        from bench import conditioning
+
+        return conditioning.guided(self, x, t, class_labels)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -71,6 +143,44 @@ def build_unet(config: dict[str, Any]) -> nn.Module:
     return UNet2DModel(**config)
 
 
+def build_network(arch: str, config: dict[str, Any], num_classes: int | None = None) -> nn.Module:
+    """A zoo network: the U-Net (class-conditional through a label embedding of ``num_classes`` + 1 rows, the last
+    the null class) or a class-conditional DiT (diffusers' ``DiTTransformer2DModel``, whose label table has the null
+    class already). The DiT's label embedders would each drop labels on their own in ``train()`` mode (52 % of images
+    lose their label in some block): their dropout is switched off, and training drops labels itself, once per
+    image."""
+    if arch == "unet":
+        return build_unet({**config, **({"num_class_embeds": num_classes + 1} if num_classes else {})})
+    if arch == "dit":
+        from diffusers import DiTTransformer2DModel
+
+        if not num_classes:
+            raise UserError("the DiT is class-conditional: set model.conditioning = \"class\"")
+        return without_label_dropout(DiTTransformer2DModel(**config, num_embeds_ada_norm=num_classes))
+    raise UserError(f"model.arch {arch!r} is not one of {', '.join(ARCHS)}")
+
+
+def without_label_dropout(net: nn.Module) -> nn.Module:
+    """Switch off the label dropout of every diffusers ``LabelEmbedding`` in ``net`` (in place): their tables keep
+    the null class, and ``train()`` no longer drops labels block by block (a DiT built or loaded alike)."""
+    from diffusers.models.embeddings import LabelEmbedding
+
+    for module in net.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    return net
+
+
+def network_classes(net: nn.Module) -> int | None:
+    """The classes a diffusers network is conditioned on (without the null class), or None."""
+    config = net.config
+    if getattr(config, "num_embeds_ada_norm", None) and type(net).__name__ == "DiTTransformer2DModel":
+        return int(config.num_embeds_ada_norm)
+    if getattr(config, "num_class_embeds", None):
+        return int(config.num_class_embeds) - 1
+    return None
+
+
 def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
     """Save as a diffusers pipeline folder (``unet/`` + ``scheduler/``). A ``UNet2DModel`` gets a ``model_index.json``
     too, so ``DDPMPipeline.from_pretrained`` loads it; a technique's own ``ModelMixin`` network gets the same layout
@@ -78,6 +188,11 @@ def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
+    if denoiser.decoder is not None:  # a latent model: diffusers' latent pipeline layout (unet/ vae/ scheduler/)
+        denoiser.net.save_pretrained(directory / "unet", safe_serialization=True)
+        denoiser.decoder.vae.save_pretrained(directory / "vae", safe_serialization=True)
+        scheduler.save_pretrained(directory / "scheduler")
+        return directory / "unet" / "diffusion_pytorch_model.safetensors"
     if isinstance(denoiser.net, UNet2DModel):
         DDPMPipeline(unet=denoiser.net, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
     else:
@@ -97,15 +212,24 @@ def scheduler_file(folder: Path) -> Path | None:
                  if p.is_file()), None)
 
 
+def _saved_class(folder: Path) -> type | None:
+    """The diffusers class a saved network folder names, among those the zoo builds."""
+    from diffusers import DiTTransformer2DModel, UNet2DModel
+
+    config = folder / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    return {"DiTTransformer2DModel": DiTTransformer2DModel, "UNet2DModel": UNet2DModel}.get(name)
+
+
 def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | None = None) -> Denoiser:
     """A ``Denoiser`` from a local diffusers folder (pipeline layout or a bare UNet folder) or a hub id; the network
-    is a ``UNet2DModel`` unless ``net_class`` names another diffusers ``ModelMixin`` with the same config keys
-    (``in_channels``, ``sample_size``)."""
+    is the class its config names (a ``UNet2DModel`` or a ``DiTTransformer2DModel``), or ``net_class``, another
+    diffusers ``ModelMixin`` with the same config keys (``in_channels``, ``sample_size``)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    net_class = net_class or UNet2DModel
-
     path = Path(source).expanduser()
+    if net_class is None:
+        net_class = (_saved_class(unet_folder(path)) if path.is_dir() else None) or UNet2DModel
     try:
         if path.is_dir():
             unet_dir, sched_file = unet_folder(path), scheduler_file(path)
@@ -120,4 +244,10 @@ def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | Non
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
     prediction = scheduler_config.get("prediction_type", "epsilon")
-    return Denoiser(net, prediction, scheduler_config, shape).to(device).eval()
+    without_label_dropout(net)
+    decoder = None
+    if path.is_dir() and (path / "vae" / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        decoder = Decoder(AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False))
+    return Denoiser(net, prediction, scheduler_config, shape, network_classes(net), decoder).to(device).eval()

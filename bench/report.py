@@ -217,9 +217,22 @@ def series_labels(df: pd.DataFrame, varying: Iterable[str] | None = None) -> pd.
     def label(row: pd.Series) -> str:
         params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
         shown = [f"{k}={v}" for k, v in params.items() if keep is None or k in keep]
-        return " ".join([str(row["technique"]), *shown])
+        return " ".join([str(row["technique"]), *shown, guidance_label(row.get("guidance"))]).strip()
 
     return df.apply(label, axis=1) if len(df) else pd.Series(dtype=str)
+
+
+def guidance_label(guidance: Any) -> str:
+    """A conditional cell's guidance in a few characters (w, guider unless cfg, interval unless the whole chain);
+    empty for unconditional cells."""
+    if not isinstance(guidance, dict):
+        return ""
+    text = f"w={guidance['scale']:g}"
+    if guidance.get("guider", "cfg") != "cfg":
+        text += f" {guidance['guider']}"
+    if (guidance.get("start", 0.0), guidance.get("stop", 1.0)) != (0.0, 1.0):
+        text += f" on [{guidance['start']:g}, {guidance['stop']:g})"
+    return text
 
 
 def training_costs(df: pd.DataFrame) -> pd.DataFrame:
@@ -549,10 +562,14 @@ _CELL_COLUMNS: list[tuple[str, str, Any, str | None]] = [
     ("kid", "KID (feat. units²)", lambda v: f"{v:.3g}", None),
     ("precision", "precision", lambda v: f"{v:.3f}", None),
     ("recall", "recall", lambda v: f"{v:.3f}", None),
+    ("class_accuracy_ci", "class accuracy [95% CI]", str, "class_accuracy"),
     ("n_generated", "N", lambda v: f"{v:g}", None),
     ("latency_ms", "ms / image ± MAD", str, "latency_per_image_ms"),
     ("denoiser_call_median_ms", "ms / call (batch)", lambda v: f"{v:.2f}", None),
     ("flops_per_image", "MFLOPs / image", lambda v: f"{v / 1e6:,.1f}", None),
+    ("flops_denoiser", "of which denoiser", lambda v: f"{v / 1e6:,.1f}", None),
+    ("flops_decode", "of which decode", lambda v: f"{v / 1e6:,.1f}", None),
+    ("decode_ms_per_image", "decode ms / image", lambda v: f"{v:.3f}", None),
     ("params_total", "network parameters", lambda v: f"{v:,.0f}", None),
     ("energy_kwh_per_image", "J / image", lambda v: f"{v * 3.6e6:.3g}", None),
     ("peak_rss_mib", "peak RSS MiB", lambda v: f"{v:.0f}", None),
@@ -588,6 +605,15 @@ def cells_table(df: pd.DataFrame, stale: pd.Series, against: pd.DataFrame | None
     view["fid_ci"] = [f"[{lo:.2f}, {hi:.2f}]" if not (_is_missing(lo) or _is_missing(hi)) else None
                       for lo, hi in zip(view.get("fid_ci_low", [None] * len(view)),
                                         view.get("fid_ci_high", [None] * len(view)), strict=True)]
+    if "flops_per_image_by_stage" in view:  # latent models: the decode's share (pixel cells leave these empty)
+        stages = view["flops_per_image_by_stage"].map(lambda d: d if isinstance(d, dict) and "decode" in d else {})
+        view["flops_denoiser"] = stages.map(lambda d: d.get("denoiser"))
+        view["flops_decode"] = stages.map(lambda d: d.get("decode"))
+    if "class_accuracy" in view:
+        view["class_accuracy_ci"] = [
+            None if _is_missing(a) else f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+            for a, lo, hi in zip(view["class_accuracy"], view["class_accuracy_ci_low"], view["class_accuracy_ci_high"],
+                                 strict=True)]
     if "fid_delta" in view:
         view["dfid"] = [_interval(d, lo, hi) for d, lo, hi in zip(view["fid_delta"], view["fid_low"],
                                                                    view["fid_high"], strict=True)]
@@ -721,6 +747,73 @@ def technique_sections(df: pd.DataFrame, against: pd.DataFrame | None = None,
                     for t in section.tables]
         out.append(claims_section(str(name), rows))
     return "\n".join(out) or "<p>No technique contributed a section.</p>"
+
+
+def guidance_section(ok: pd.DataFrame) -> str:
+    """For class-conditional cells: FID against class accuracy as the guidance scale grows (one curve per series
+    and step count, Ho & Salimans' trade-off), and each cell guided on part of the chain against full guidance at the
+    same scale and steps (NFE saved, paired ΔFID and Δ class accuracy)."""
+    from bench.compare import Comparer
+
+    if "guidance" not in ok or "class_accuracy" not in ok:
+        return ""
+    rows = ok[ok["guidance"].map(lambda g: isinstance(g, dict)) & ok["class_accuracy"].notna()]
+    if rows.empty:
+        return ""
+    g = pd.DataFrame(list(rows["guidance"]), index=rows.index)
+    rows = rows.assign(w=g["scale"], guider=g["guider"], start=g["start"], stop=g["stop"],
+                       family=series_labels(rows, varying_params(rows)).map(lambda t: t.split(" w=")[0]))
+    full = rows[(rows["start"] == 0.0) & (rows["stop"] == 1.0)]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (family, guider, steps), curve in full.groupby(["family", "guider", "steps"]):
+        curve = curve.sort_values("w")
+        ax.errorbar(curve["class_accuracy"], curve["fid"],
+                    yerr=[curve["fid"] - curve["fid_ci_low"], curve["fid_ci_high"] - curve["fid"]],
+                    xerr=[curve["class_accuracy"] - curve["class_accuracy_ci_low"],
+                          curve["class_accuracy_ci_high"] - curve["class_accuracy"]],
+                    marker="o", capsize=2, label=f"{family} {guider}, {steps} steps")
+        for _, r in curve.iterrows():
+            ax.annotate(f"w={r['w']:g}", (r["class_accuracy"], r["fid"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("class accuracy of the offline classifier (higher: more class-faithful)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title("Guidance trade-off: FID against class accuracy as w grows")
+    ax.legend(fontsize=7)
+    out = ["<p>Each image is of class seed mod 10 (class-balanced, paired seed by seed); w = 1 is unguided (one "
+           "network evaluation per step), every other w evaluates the network on the label and on the null class. "
+           "Class accuracy: the fraction of images the offline classifier assigns the requested class, with "
+           "Wilson's 95% interval; FID with its bootstrap interval.</p>", f"<div class='fig'>{figure_svg(fig)}</div>"]
+    plt.close(fig)
+    partial = rows[(rows["start"] != 0.0) | (rows["stop"] != 1.0)]
+    if not partial.empty:
+        comparer, lines = Comparer(), []
+        for _, r in partial.iterrows():
+            match = full[(full["family"] == r["family"]) & (full["guider"] == r["guider"]) & (full["w"] == r["w"])
+                         & (full["steps"] == r["steps"]) & (full["hardware"] == r["hardware"])
+                         if "hardware" in full else (full["family"] == r["family"]) & (full["w"] == r["w"])
+                         & (full["steps"] == r["steps"])]
+            if match.empty:
+                continue
+            base = match.iloc[0]
+            try:
+                d = comparer.compare(base, r)
+            except UserError:
+                continue
+            acc = d.get("class_accuracy")
+            lines.append({"series": r["family"], "steps": r["steps"], "w": r["w"],
+                          "interval": f"[{r['start']:g}, {r['stop']:g})", "NFE": r["nfe"], "NFE full": base["nfe"],
+                          "NFE saved": f"{1 - r['nfe'] / base['nfe']:.0%}", "FID": r["fid"], "FID full": base["fid"],
+                          "ΔFID [95% CI]": _interval(d["fid"].delta, d["fid"].low, d["fid"].high),
+                          "ΔFID verdict": d["fid"].verdict,
+                          "Δ class acc. [95% CI]": _interval(acc.delta, acc.low, acc.high, ".3f") if acc else None,
+                          "Δ acc. verdict": acc.verdict if acc else None})
+        if lines:
+            out.append("<p>Guidance on part of the chain (the guider's start/stop, fractions of the steps) against "
+                       "full guidance at the same w and steps: Δ = interval − full, paired over the same seeds.</p>"
+                       + pd.DataFrame(lines).to_html(index=False, escape=True, na_rep="",
+                                                     float_format=lambda v: f"{v:.4g}"))
+    return "\n".join(out)
 
 
 def claims_section(technique: str, rows: pd.DataFrame) -> str:
@@ -927,6 +1020,9 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
                  "fit against 1/N (Chong &amp; Forsyth 2020). KID is in squared feature units of the extractor "
                  "(polynomial kernel), comparable only between rows of one extractor.</p>"
                  + cells_table(df, stale, against))
+    guided = guidance_section(ok) if not ok.empty else ""
+    if guided:
+        parts.append("<h2 id='guidance'>Guidance: quality against class accuracy</h2>" + guided)
     parts.append("<h2 id='samples'>Samples</h2>" + (sample_matrix(ok) if not ok.empty else "<p>None.</p>"))
     parts.append("<h2 id='techniques'>Technique sections</h2>" + technique_sections(df, against, reference))
     costs = training_costs(df)

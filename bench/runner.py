@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import statistics
 import time
@@ -16,6 +17,9 @@ from tqdm.auto import tqdm
 from bench import config as cfg
 from bench import machine as machines
 from bench import registry, zoo
+from bench.cell import Cell
+from bench.conditioning import Guidance, conditional_sampler
+from bench.conditioning import describe as describe_conditions
 from bench.errors import UserError
 from bench.measure import quality, roofline
 from bench.measure.energy import EnergyMeter
@@ -24,12 +28,16 @@ from bench.measure.latency import Latency, repeat_until, timed
 from bench.measure.memory import PeakMemory
 from bench.measure.noise import CpuMonitor, suspect_reasons
 from bench.provenance import provenance
+from bench.recipes import base_recipe
 from bench.sampling import generators
 from bench.store import Store, load_features
-from bench.sweep import Cell, base_recipe
+from bench.technique import Pipeline
 from bench.train import load_artifact
 
 FLOPS_UNIT = "FLOPs = 2 x MACs, fvcore with an SDPA handle, batch 1"
+STAGES = ("decode",)  # networks run once per image outside the denoising loop: their calls are not NFE
+LATENCY_INCLUDES = ("the sampler call: initial noise, every network evaluation (both branches of a guided step), "
+                    "the scheduler's arithmetic; not model loading, not the uint8 conversion, not the metrics")
 DIGESTED_SEEDS = 100  # per-image digests kept for a record's first seeds: the evidence quality reuse is checked on
 MIN_PROBE_ACROSS_MACHINES = 8  # images another machine must reproduce byte for byte before its quality is reused
 
@@ -80,6 +88,8 @@ class CellRunner:
         self._extractor: quality.Extractor | None = None
         self._reference: torch.Tensor | None = None
         self._reference_entry: dict[str, Any] | None = None
+        self._classifier: torch.nn.Module | None = None  # the class-accuracy judge of conditional cells
+        self._classifier_name = ""
 
     def remember(self, cell: Cell, record: dict[str, Any]) -> None:
         """Make a stored record's quality reusable by later cells of the same images (other threads, batch or
@@ -89,7 +99,8 @@ class CellRunner:
             return
         source = {"quality": {k: record["metrics"].get(k) for k in _QUALITY_KEYS}, "spec_hash": cell.spec_hash,
                   "grid": record.get("sample_grid"), "features": record.get("features"),
-                  "digests": record.get("image_digests"), "machine": cell.spec.get("machine")}
+                  "digests": record.get("image_digests"), "machine": cell.spec.get("machine"),
+                  "class_correct": record.get("class_correct")}
         self._quality.setdefault(cell.images_key, []).append(source)
         generated = (record.get("features") or {}).get("generated")
         if generated:
@@ -108,6 +119,12 @@ class CellRunner:
         if record is None or record["spec"]["n_samples"] >= cell.spec["n_samples"]:
             return None
         return record
+
+    def skipped(self, cell: Cell, reason: str) -> dict[str, Any]:
+        return {"spec_hash": cell.spec_hash, "status": "skipped", "reason": reason, "spec": cell.spec,
+                "machine": machines.machine_id(), "fingerprint": machines.fingerprint(),
+                "technique_version": registry.get(cell.spec["technique"]).version(),
+                "provenance": provenance(cell.spec["device"])}
 
     def failure(self, cell: Cell, error: str, trace: str | None = None) -> dict[str, Any]:
         return {"spec_hash": cell.spec_hash, "status": "failed", "error": error, "traceback": trace,
@@ -160,10 +177,18 @@ class CellRunner:
                             "from a machine of the kind its workers are")
         technique = registry.get(s["technique"])
         params = technique.Params(**s["params"])
+        kind = "class" if "conditions" in s else "unconditional"
+        if kind not in technique.model_kinds:
+            return self.skipped(cell, f"{technique.name} does not support {kind} models (it supports: "
+                                      f"{', '.join(technique.model_kinds)})")
         t0 = time.perf_counter()
         models, artifacts = self._load(technique, params)
         models = {k: m.to(device).eval() if isinstance(m, torch.nn.Module) else m for k, m in models.items()}
         pipe = technique.pipeline(params, models, s["steps"])
+        if kind == "class":  # each image's label from its seed, the cell's guider around every sampler call
+            pipe = conditioned_pipeline(pipe, models["model"].num_classes, Guidance(**s["guidance"]))
+        if getattr(models["model"], "decoder", None) is not None:  # a latent model: every image decoded, counted apart
+            pipe = decoded_pipeline(pipe, models["model"].decoder)
         setup_s = time.perf_counter() - t0
 
         # 1. One eager image: NFE and FLOPs counted on the calls that actually ran.
@@ -171,7 +196,8 @@ class CellRunner:
         pipe.sample(generators([s["seed"]]), None)
         calls_per_image = dict(recorder.calls)
         flops_per_call = recorder.flops_per_call()
-        nfe = sum(calls_per_image.values())
+        nfe = sum(n for name, n in calls_per_image.items() if name not in STAGES)
+        calls_total = sum(calls_per_image.values())
 
         if s["compile"]:
             for net in pipe.networks.values():
@@ -217,11 +243,11 @@ class CellRunner:
             # 4. The denoiser alone, at the cell's batch, on the inputs it first received (inside the contention
             # meter: a disagreement between the two timings is one sign of a disturbed measurement).
             observations = pipe.observe() if pipe.observe is not None else {}
-            if sum(recorder.calls.values()) != nfe * runs:
+            if sum(recorder.calls.values()) != calls_total * runs:
                 raise RuntimeError(f"NFE differs between runs: {sum(recorder.calls.values())} calls in {runs} "
-                                   f"runs, expected {nfe} per run")
+                                   f"runs, expected {calls_total} per run")
             recorder.remove()
-            denoiser_ms = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
+            denoiser_ms = self._time_networks(recorder.networks, recorder.first_inputs, batch, device, autocast)
 
         # 5. A contended or unstable timing is measured again; one that stays so is stored flagged.
         attempts = [{"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms, "load": load.result(),
@@ -230,7 +256,7 @@ class CellRunner:
         while attempts[-1]["reasons"] and len(attempts) <= lat.remeasure:
             with CpuMonitor() as load:
                 times = repeat_until(lambda: run_batch(seeds[:batch]), device, lat.min_repeats, lat.min_seconds)
-                den = self._time_networks(pipe.networks, recorder.first_inputs, batch, device, autocast)
+                den = self._time_networks(recorder.networks, recorder.first_inputs, batch, device, autocast)
             attempts.append({"latency_batch_s": times, "denoiser_call_s": den, "load": load.result(),
                              "reasons": suspect_reasons(times, _expected_batch_s(calls_per_image, den),
                                                         load.result())})
@@ -239,9 +265,10 @@ class CellRunner:
 
         # 6. Quality on the generated images (after the stored seeds' features, when extending), or reused from a
         # cell whose images this cell reproduced.
+        correct = None
         if reuse:
             q = {**reuse["quality"], "quality_reused_from": reuse["spec_hash"], "quality_note": reuse_note}
-            grid, features = reuse["grid"], reuse["features"]
+            grid, features, correct = reuse["grid"], reuse["features"], reuse.get("class_correct")
             digests = probe
         else:
             extractor, reference = self._quality_refs()
@@ -257,6 +284,12 @@ class CellRunner:
             q.update(extractor=extractor.name, extractor_sha256=extractor.weights_sha256,
                      extractor_description=extractor.description, quality_reused_from=None,
                      quality_extended_from=extend["spec_hash"] if extend else None, n_newly_generated=len(fresh))
+            if "conditions" in s:
+                bits = self._class_correct(generated, fresh) if images else ""
+                stored_bits = ((extend or {}).get("class_correct") or {}).get("bits", "") if extend else ""
+                correct = {"seeds": [s["seed"], s["seed"] + len(stored_bits) + len(bits)],
+                           "bits": stored_bits + bits, "classifier": self._classifier_name}
+                q.update(class_accuracy_metrics(correct["bits"]))
             features = {"generated": {**self.store.save_features(cell.spec_hash, gen),
                                       "seeds": [s["seed"], s["seed"] + len(gen)]},
                         "reference": self._reference_entry}
@@ -267,20 +300,28 @@ class CellRunner:
                 grid = self.store.save_samples(cell.spec_hash, generated)
             self._quality.setdefault(cell.images_key, []).append(
                 {"quality": {k: q.get(k) for k in _QUALITY_KEYS}, "spec_hash": cell.spec_hash, "grid": grid,
-                 "features": features, "digests": digests, "machine": here})
+                 "features": features, "digests": digests, "machine": here, "class_correct": correct})
 
         latency = Latency.from_values(batch_times)
         main = "model" if "model" in denoiser_ms else next(iter(denoiser_ms))
         den = Latency.from_values(denoiser_ms[main])
         flops_per_image = sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image)
+        by_stage = {"denoiser": sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image
+                                    if k not in STAGES),
+                    **{k: calls_per_image[k] * flops_per_call[k] for k in STAGES if k in calls_per_image}}
+        stage_ms = {f"{k}_ms_per_image": statistics.median(denoiser_ms[k]) / batch * 1e3
+                    for k in STAGES if k in denoiser_ms}
         expected = _expected_batch_s(calls_per_image, denoiser_ms)
         ceilings = roofline.peak(here, device, s["dtype"], s["threads"])  # cached per machine after the first
         metrics = {
             "params_total": sum(p.numel() for n in pipe.networks.values() for p in n.parameters()),
             "nfe": nfe, "nfe_by_network": calls_per_image,
             "flops_per_call": flops_per_call.get(main), "flops_per_call_by_network": flops_per_call,
-            "flops_per_image": flops_per_image,
+            "flops_per_image": flops_per_image, "flops_per_image_by_stage": by_stage, **stage_ms,
             "flops_unit": FLOPS_UNIT,
+            # the measurement boundary (as PyTorch's diffusion benchmark states its own): what the timed call ran
+            "latency_includes": LATENCY_INCLUDES + ("; the VAE decode of every image" if "decode" in calls_per_image
+                                                    else "; no decode (a pixel-space model)"),
             "setup_s": setup_s, "first_call_s": first_s,
             "latency_per_image_ms": latency.median_s / batch * 1e3,
             "latency_per_image_mad_ms": latency.mad_s / batch * 1e3,
@@ -303,7 +344,21 @@ class CellRunner:
                 "info": pipe.info, "observations": observations, "artifacts": artifacts, "features": features,
                 "image_digests": digests, "machine": here, "fingerprint": machines.fingerprint(),
                 "roofline": ceilings, "technique_version": technique.version(), "sample_grid": grid,
-                "provenance": provenance(device)}
+                "provenance": provenance(device), **({"class_correct": correct} if correct else {})}
+
+    def _class_correct(self, images: torch.Tensor, seeds: list[int]) -> str:
+        """'1' per image the offline classifier assigns the class its seed asked for, else '0'."""
+        from bench import recipes
+        from bench.conditioning import labels_for_seeds
+
+        if self._classifier is None:
+            m, q = self.config.model, self.config.quality
+            recipe = recipes.classifier_recipe(m.dataset, m.resolution, q.extractor_steps)
+            self._classifier, summary = load_source(recipe, self.progress)
+            self._classifier_name = f"{recipe.name} ({summary.get('weights_sha256', '')[:12]})"
+        logits = torch.cat([self._classifier(chunk.float() / 127.5 - 1.0) for chunk in images.split(500)])
+        wanted = labels_for_seeds(seeds, logits.shape[1])
+        return "".join("1" if ok else "0" for ok in (logits.argmax(1) == wanted).tolist())
 
     def _proven_source(self, cell: Cell, probe: dict[str, Any], run_batch: Any,
                        seeds: list[int]) -> tuple[dict[str, Any] | None, str | None]:
@@ -343,6 +398,30 @@ class CellRunner:
         return out
 
 
+def decoded_pipeline(pipe: Pipeline, decoder: torch.nn.Module) -> Pipeline:
+    """A latent model's pipeline: the technique samples latents, the decode turns them into the images every metric
+    sees. The decode is a network of its own (``decode``): its calls are not NFE, its FLOPs and time are kept
+    apart."""
+
+    def sample(gens: list[torch.Generator], callback: Any = None) -> torch.Tensor:
+        return decoder(pipe.sample(gens, callback))
+
+    return dataclasses.replace(pipe, sample=sample, networks={**pipe.networks, "decode": decoder},
+                               info={**pipe.info, "decoder": type(getattr(decoder, "vae", decoder)).__name__})
+
+
+def conditioned_pipeline(pipe: Pipeline, num_classes: int, guidance: Guidance) -> Pipeline:
+    """The pipeline with every sampler call conditioned (labels by seed, the cell's guider) and its observations
+    extended by the guided and unguided steps of the last call."""
+    sample, observe_guidance = conditional_sampler(pipe.sample, num_classes, guidance)
+
+    def observe() -> dict[str, Any]:
+        return {**(pipe.observe() if pipe.observe is not None else {}), **observe_guidance()}
+
+    return dataclasses.replace(pipe, sample=sample, observe=observe,
+                               info={**pipe.info, "conditions": describe_conditions(num_classes, guidance)})
+
+
 def _expected_batch_s(calls_per_image: dict[str, int], denoiser_s: dict[str, list[float]]) -> float | None:
     """What a sampler batch should cost from its network calls alone: Σ calls × the network's median time."""
     if not all(k in denoiser_s for k in calls_per_image):
@@ -350,6 +429,17 @@ def _expected_batch_s(calls_per_image: dict[str, int], denoiser_s: dict[str, lis
     return sum(n * statistics.median(denoiser_s[k]) for k, n in calls_per_image.items()) or None
 
 
+def class_accuracy_metrics(bits: str) -> dict[str, float | int]:
+    """The fraction of images of the requested class, with Wilson's 95% interval."""
+    from bench import stats
+
+    hits, n = bits.count("1"), len(bits)
+    low, high = stats.proportion_interval(hits, n)
+    return {"class_accuracy": hits / n if n else float("nan"), "class_accuracy_ci_low": low,
+            "class_accuracy_ci_high": high}
+
+
 _QUALITY_KEYS = ("fid", "fid_ci_low", "fid_ci_high", "fid_bootstrap_se", "kid", "kid_std", "precision", "recall",
                  "n_generated", "n_reference", "extractor", "extractor_sha256", "extractor_description", "fid_inf",
-                 "fid_inf_slope", "fid_inf_r2", "fid_inf_n", "fid_inf_values")
+                 "fid_inf_slope", "fid_inf_r2", "fid_inf_n", "fid_inf_values",
+                 "class_accuracy", "class_accuracy_ci_low", "class_accuracy_ci_high")

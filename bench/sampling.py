@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.conditioning import at_step
+
 
 @dataclass(frozen=True)
 class StepInfo:
@@ -53,6 +55,7 @@ def scheduler_loop(denoiser: torch.nn.Module, scheduler: Any, steps: int, gens: 
     if _step_accepts_generator(type(scheduler)):
         step_kwargs["generator"] = gens  # diffusers draws ancestral noise per batch row from a generator list
     for i, t in enumerate(scheduler.timesteps):
+        at_step(i, len(scheduler.timesteps))
         model_output = denoiser(scheduler.scale_model_input(x, t), t).float()
         x = scheduler.step(model_output, t, x, **step_kwargs).prev_sample
         if callback is not None:
@@ -126,6 +129,7 @@ class DiscreteSchedule:
              callback: StepCallback | None = None) -> torch.Tensor:
         """Deterministic DDIM (η = 0) along ``grid`` (descending, ending at -1: clean data)."""
         for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+            at_step(i, len(grid) - 1)
             x0, eps = self.predict(denoiser, x, t)
             x = x0 if t_next < 0 else self.ddim_step(x0, eps, t_next)
             if callback is not None:
@@ -137,6 +141,7 @@ class DiscreteSchedule:
         """DDPM ancestral sampling along ``grid``: x_s ~ q(x_s | x_t, x̂_0) (the posterior, σ² = β̃), fresh noise per
         sample from its own generator."""
         for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+            at_step(i, len(grid) - 1)
             x0, _ = self.predict(denoiser, x, t)
             if t_next < 0:
                 x = x0

@@ -28,8 +28,8 @@ import numpy as np
 
 PRC_NEIGHBORHOOD = 3
 Z95 = 1.959964
-LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False}
-METRICS = tuple(LOWER_IS_BETTER)
+LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False, "class_accuracy": False}
+METRICS = ("fid", "kid", "precision", "recall")  # the feature metrics; class accuracy is paired from its own bits
 
 
 def as_float64(features: np.ndarray) -> np.ndarray:
@@ -277,6 +277,29 @@ def differences(point_a: dict[str, float], point_b: dict[str, float], boot_a: di
         out[metric] = Difference(metric, point_a[metric], point_b[metric], delta, delta - Z95 * se, delta + Z95 * se,
                                  n)
     return out
+
+
+def proportion_interval(successes: int, n: int) -> tuple[float, float]:
+    """Wilson's 95% score interval for a proportion (sound near 0 and 1, where the normal one leaves [0, 1])."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, z2 = successes / n, Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(centre - half), float(centre + half)
+
+
+def paired_proportion(a: np.ndarray, b: np.ndarray, gen_counts: np.ndarray) -> Difference:
+    """A − B of the fraction of images a test passes (class accuracy: 1 where the classifier finds the requested
+    class), over the same seeds, with the paired bootstrap over seeds (``gen_counts``: the draws that pair the
+    feature metrics)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = len(a)
+    counts = gen_counts[:, :n].astype(np.float64)
+    delta = float(a.mean() - b.mean())
+    se = float(np.std(counts @ (a - b) / counts.sum(axis=1), ddof=1)) if not np.array_equal(a, b) else 0.0
+    return Difference("class_accuracy", float(a.mean()), float(b.mean()), delta, delta - Z95 * se,
+                      delta + Z95 * se, n)
 
 
 # -- FID against 1/N (Chong & Forsyth 2020) -----------------------------------------------------------------------

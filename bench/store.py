@@ -238,7 +238,7 @@ _TOP_TYPES = {"schema_version": int, "written_at": str, "spec": dict, "metrics":
               "observations": dict, "artifacts": dict, "features": dict, "image_digests": dict, "machine": str,
               "fingerprint": dict, "roofline": dict, "technique_version": str, "sample_grid": str,
               "provenance": dict, "error": str, "reason": str, "traceback": str,
-              "execution": dict}
+              "execution": dict, "class_correct": dict}
 _SPEC_TYPES = {"technique": str, "params": dict, "steps": int, "device": str, "dtype": str, "threads": int,
                "compile": bool, "batch": int, "machine": str, "n_samples": int, "seed": int, "dataset": str,
                "resolution": int, "model": dict, "artifacts": dict, "extractor": str, "reference_split": str,
@@ -246,10 +246,10 @@ _SPEC_TYPES = {"technique": str, "params": dict, "steps": int, "device": str, "d
 _SPEC_REQUIRED = ("technique", "params", "steps", "device", "dtype", "threads", "compile", "batch", "n_samples")
 _OK_METRICS_REQUIRED = ("fid", "nfe", "latency_per_image_ms", "flops_per_image")
 _METRIC_TYPES = {"fid_inf_n": list, "fid_inf_values": list, "nfe_by_network": dict,
-                 "flops_per_call_by_network": dict}
+                 "flops_per_call_by_network": dict, "flops_per_image_by_stage": dict}
 _METRIC_STRINGS = {"flops_unit", "peak_source", "memory_method", "energy_method", "extractor", "extractor_sha256",
                    "extractor_description", "quality_reused_from", "quality_extended_from", "quality_note",
-                   "latency_suspect"}
+                   "latency_suspect", "latency_includes"}
 
 
 def check_record(record: Any) -> None:
@@ -352,6 +352,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     row["info"] = record.get("info")
     row["features"] = record.get("features")
     row["observations"] = record.get("observations")
+    row["class_correct"] = record.get("class_correct")
     execution = record.get("execution") or {}
     nodes = execution.get("nodes") if isinstance(execution.get("nodes"), list) else []
     last = nodes[-1] if nodes and isinstance(nodes[-1], dict) else {}

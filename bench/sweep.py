@@ -7,64 +7,17 @@ hash addresses its record, so a rerun skips cells already stored.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from bench import config as cfg
 from bench import recipes, registry
+from bench.cell import EXTENSION_AXES, IMAGE_AXES, QUALITY_INVARIANT_AXES, Cell  # noqa: F401 (re-exported)
+from bench.conditioning import LABEL_RULE
 from bench.errors import UserError
+from bench.recipes import base_recipe
 from bench.store import Store, is_stale
-
-# Hardware axes that should not change which images a seed gives (per-sample RNG): quality is computed once and
-# reused across them — after the reusing cell's own warm-up images proved byte-identical to the stored ones. Device,
-# dtype and compile change numerics, so each gets its own quality.
-QUALITY_INVARIANT_AXES = ("threads", "batch")
-# Another machine may give other images (other kernels, other BLAS): its quality is reused only on the same proof.
-IMAGE_AXES = (*QUALITY_INVARIANT_AXES, "machine")
-# With per-seed RNG the first N images of a cell are the same at any larger N: a stored cell extends to more seeds.
-EXTENSION_AXES = (*QUALITY_INVARIANT_AXES, "n_samples")
-
-
-@dataclass(frozen=True)
-class Cell:
-    spec: dict[str, Any]
-
-    @property
-    def spec_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
-
-    def _key_without(self, axes: tuple[str, ...]) -> str:
-        rest = {k: v for k, v in self.spec.items() if k not in axes}
-        return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def images_key(self) -> str:
-        """Cells with this key should give the same images, on any machine."""
-        return self._key_without(IMAGE_AXES)
-
-    @property
-    def extension_key(self) -> str:
-        return self._key_without(EXTENSION_AXES)
-
-    def label(self) -> str:
-        s = self.spec
-        params = " ".join(f"{k}={v}" for k, v in s["params"].items())
-        return (f"{s['technique']} {params} steps={s['steps']} | {s['device']}/{s['dtype']}/{s['threads']}t/"
-                f"b{s['batch']}{'/compiled' if s['compile'] else ''}")
-
-
-def base_recipe(config: cfg.SweepConfig) -> recipes.Recipe:
-    """The base model every technique starts from: the zoo's recipe, or the user's pretrained model imported under a
-    recipe naming its source and weights hash."""
-    m = config.model
-    if m.pretrained:
-        return recipes.pretrained_recipe(m.pretrained, m.dataset, m.resolution, m.train_steps)
-    return recipes.denoiser_recipe(m.dataset, m.resolution, m.objective, steps=m.train_steps,
-                                   layers_per_block=m.layers_per_block, schedule=m.schedule)
 
 
 def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -> list[recipes.Recipe]:
@@ -74,6 +27,8 @@ def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -
     m, q = config.model, config.quality
     extractor = recipes.extractor_recipe(q.extractor, m.dataset, m.resolution, q.extractor_steps)
     needed = [extractor] if extractor else []
+    if base.options.get("num_classes"):  # a conditional model's class accuracy is judged by the zoo classifier
+        needed.append(recipes.classifier_recipe(m.dataset, m.resolution, q.extractor_steps))
     needed.append(base)
     if cells is None:
         uses = [(technique, params) for entry in config.technique
@@ -82,7 +37,8 @@ def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -
         uses = [(technique, technique.Params(**c.spec["params"]))
                 for c in cells for technique in [registry.get(c.spec["technique"])]]
     for technique, params in uses:
-        needed += list(technique.artifacts(params, base).values())
+        if recipes.model_kind(base) in technique.model_kinds:  # the others' cells are skipped, never trained for
+            needed += list(technique.artifacts(params, base).values())
     return list({recipe.key: recipe for recipe in needed}.values())
 
 
@@ -128,8 +84,10 @@ def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
 
     from bench.machine import machine_id
 
+    conditional = config.model.conditioning != "none"
     planned = len(hardware_points(config)) * sum(
-        len(entry.steps) * math.prod(len(v) for v in entry.params.values()) for entry in config.technique)
+        len(entry.steps) * math.prod(len(v) for v in entry.params.values())
+        * (len(cfg.guidances(entry)) if conditional else 1) for entry in config.technique)
     if planned > cfg.LIMITS["cells"]:
         raise UserError(f"config: the sweep expands to {planned} cells, beyond {cfg.LIMITS['cells']}; split it into "
                         "several configs")
@@ -150,9 +108,15 @@ def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
                     technique.validate_steps(params, steps, schedule)
                 except ValueError as exc:
                     raise UserError(f"config: {where}.steps {steps} {exc} for technique {entry.name!r}") from None
-            extra = {k: r.key for k, r in technique.artifacts(params, base).items()}
-            for steps, (device, dtype, threads, compiled, batch) in itertools.product(
-                    entry.steps, hardware_points(config)):
+            supported = recipes.model_kind(base) in technique.model_kinds
+            extra = {k: r.key for k, r in technique.artifacts(params, base).items()} if supported else {}
+            # a conditional model's cells say how labels were drawn and how they are guided (unconditional cells
+            # keep the spec, and so the address, they always had)
+            conditions = ([{"conditions": {"kind": "class", "num_classes": classes, "labels": LABEL_RULE},
+                            "guidance": dataclasses.asdict(g)} for g in cfg.guidances(entry)]
+                          if (classes := base.options.get("num_classes")) else [{}])
+            for steps, condition, (device, dtype, threads, compiled, batch) in itertools.product(
+                    entry.steps, conditions, hardware_points(config)):
                 cells.append(Cell({
                     "technique": entry.name, "params": dataclasses.asdict(params), "steps": steps,
                     "device": device, "dtype": dtype, "threads": threads, "compile": compiled, "batch": batch,
@@ -161,6 +125,7 @@ def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
                     "dataset": config.model.dataset, "resolution": config.model.resolution,
                     "model": model_id, "artifacts": extra, "extractor": q.extractor,
                     "reference_split": q.reference_split, "reference_n": q.reference_n, "bootstrap": q.bootstrap,
+                    **condition,
                 }))
     return cells
 

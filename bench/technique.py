@@ -46,7 +46,7 @@ class Pipeline:
     observe: Callable[[], dict[str, Any]] | None = None
 
 
-CLAIMS_MARKER = "# -- paper claims (not part of the technique's version) --"
+CLAIMS_MARKER = "# -- declarations: paper claims, model kinds (not part of the technique's version) --"
 
 
 class Technique:
@@ -62,6 +62,9 @@ class Technique:
     # technique's file: what follows that line is not part of the technique's version, so stating a claim never
     # marks stored results stale.
     claims: ClassVar[tuple[Any, ...]] = ()
+    # The base models it can work on (``bench.model.MODEL_KINDS``); a cell on another kind is stored ``skipped``
+    # with the reason. Declared below CLAIMS_MARKER too, so widening it does not mark results stale.
+    model_kinds: ClassVar[tuple[str, ...]] = ("unconditional",)
 
     @dataclass(frozen=True)
     class Params:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from bench import data, zoo
 from bench.errors import UserError
 from bench.extractor import DigitClassifier, load_classifier, save_classifier
-from bench.model import Denoiser, build_unet, load_denoiser, save_denoiser
+from bench.model import Decoder, Denoiser, build_network, load_denoiser, save_denoiser
 from bench.provenance import provenance
 
 
@@ -95,19 +95,37 @@ class DiffusionObjective(Objective):
     prediction_type = "epsilon"
 
     def build(self, recipe, image_shape, num_classes):
-        net = build_unet({"sample_size": recipe.resolution, "in_channels": image_shape[0],
-                          "out_channels": image_shape[0], **recipe.network})
-        return Denoiser(net, self.prediction_type, recipe.schedule, image_shape)
+        conditional = recipe.options.get("num_classes")
+        self.label_dropout = float(recipe.options.get("label_dropout", 0.1))
+        if conditional and conditional != num_classes:
+            raise UserError(f"recipe {recipe.name} is conditioned on {conditional} classes; dataset "
+                            f"{recipe.dataset} has {num_classes or 'no labels'}")
+        self.decoder = None
+        if "autoencoder" in recipe.options:  # a latent model: diffusion on the frozen autoencoder's latents
+            self.decoder = Decoder(self.source(recipe.options["autoencoder"]).requires_grad_(False).eval())
+            with torch.no_grad():
+                image_shape = tuple(self.decoder.encode(torch.zeros(1, *image_shape)).shape[1:])
+        net = build_network(recipe.options.get("arch", "unet"),
+                            {"sample_size": image_shape[-1], "in_channels": image_shape[0],
+                             "out_channels": image_shape[0], **recipe.network}, conditional)
+        return Denoiser(net, self.prediction_type, recipe.schedule, image_shape, conditional, self.decoder)
 
     def loss(self, model, x0, labels, generator):
         from diffusers import DDPMScheduler
 
         sched = DDPMScheduler.from_config(model.scheduler_config)
+        if self.decoder is not None:
+            with torch.no_grad():
+                x0 = self.decoder.encode(x0)
         t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         x_t = sched.add_noise(x0, noise, t)
         targets = {"epsilon": noise, "sample": x0, "v_prediction": sched.get_velocity(x0, noise, t)}
         target = targets[self.prediction_type]
+        if model.num_classes:  # Ho & Salimans: the null class in place of the label with probability p_uncond
+            dropped = torch.rand(x0.shape[0], generator=generator) < self.label_dropout
+            labels = torch.where(dropped, model.null_class, labels)
+            return F.mse_loss(model(x_t, t, labels), target)
         return F.mse_loss(model(x_t, t), target)
 
     def save(self, model, directory):
@@ -125,6 +143,43 @@ class EpsilonObjective(DiffusionObjective):
 @register_objective("v_prediction")
 class VObjective(DiffusionObjective):
     prediction_type = "v_prediction"
+
+
+@register_objective("autoencoder")
+class AutoencoderObjective(Objective):
+    """A diffusers ``AutoencoderKL`` for latent diffusion (Rombach et al. 2022): reconstruction MSE plus a small KL
+    term (``kl_weight``; LDM's 1e-6 keeps the latent close to a deterministic code). Saved with LDM's rescaling: the
+    config's ``scaling_factor`` is 1 / the standard deviation of the latent means of 2048 training images, so the
+    diffusion model sees unit-variance latents."""
+
+    def build(self, recipe, image_shape, num_classes):
+        from diffusers import AutoencoderKL
+
+        self.recipe, self.kl_weight = recipe, float(recipe.options.get("kl_weight", 1e-6))
+        return AutoencoderKL(in_channels=image_shape[0], out_channels=image_shape[0], sample_size=recipe.resolution,
+                             **recipe.network)
+
+    def loss(self, model, x0, labels, generator):
+        posterior = model.encode(x0).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        return F.mse_loss(model.decode(z).sample, x0) + self.kl_weight * posterior.kl().mean() / x0[0].numel()
+
+    def save(self, model, directory):
+        images = data.load(self.recipe.dataset, "train", self.recipe.resolution).images[:2048]
+        with torch.no_grad():
+            latents = model.encode(images.float() / 127.5 - 1.0).latent_dist.mean
+        self.latent_std = float(latents.std())
+        model.register_to_config(scaling_factor=1.0 / self.latent_std)
+        model.save_pretrained(directory, safe_serialization=True)
+        return directory / "diffusion_pytorch_model.safetensors"
+
+    def load(self, directory):
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(directory, low_cpu_mem_usage=False).eval()
+
+    def record(self):
+        return {"latent_std": round(self.latent_std, 5)}
 
 
 @register_objective("classifier")
@@ -249,10 +304,33 @@ def lr_factor(recipe: zoo.Recipe, step: int) -> float:
     return min(1.0, (step + 1) / warmup)
 
 
+def ensure(recipe: zoo.Recipe, out: Path | None = None, progress: bool = True) -> zoo.Artifact:
+    """The artifact for ``recipe``, training it (and saying so) when no zoo has it; inside ``provided_by``, the
+    provider's artifact."""
+    provider = zoo.current_provider()
+    if provider is not None:
+        return provider(recipe)
+    found = zoo.find(recipe, zoo.search_roots(out))
+    if found is not None:
+        return found
+    from filelock import FileLock
+
+    target = out or zoo.user_zoo()
+    target.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target / f".{recipe.folder_name}.lock")):
+        found = zoo.find(recipe, zoo.search_roots(out))  # trained by another process while this one waited
+        if found is not None:
+            return found
+        doing = (f"training it ({recipe.steps} steps, batch {recipe.batch})" if OBJECTIVES[recipe.objective].trains
+                 else "importing it")
+        print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); {doing} into {target}", flush=True)
+        return train(recipe, target, progress=progress)
+
+
 def load_artifact(recipe: zoo.Recipe, progress: bool = True, out: Path | None = None) -> tuple[nn.Module, zoo.Artifact]:
     """The trained model of ``recipe`` (trained first, into ``out`` or the user's zoo, when no zoo has it) and its
     artifact."""
-    artifact = zoo.ensure(recipe, out=out, progress=progress)
+    artifact = ensure(recipe, out=out, progress=progress)
     return OBJECTIVES[recipe.objective]().load(artifact.path), artifact
 
 

@@ -123,7 +123,8 @@ _provider: ContextVar[Provider | None] = ContextVar("bench_zoo_provider", defaul
 
 @contextlib.contextmanager
 def provided_by(provider: Provider) -> Iterator[None]:
-    """Within the block, ``ensure`` asks ``provider`` for every artifact and never trains (a sweep's cells)."""
+    """Within the block, ``bench.train.ensure`` asks ``provider`` for every artifact and never trains (a sweep's
+    cells)."""
     token = _provider.set(provider)
     try:
         yield
@@ -131,29 +132,9 @@ def provided_by(provider: Provider) -> Iterator[None]:
         _provider.reset(token)
 
 
-def ensure(recipe: Recipe, out: Path | None = None, progress: bool = True) -> Artifact:
-    """The artifact for ``recipe``, training it (and saying so) when no zoo has it; inside ``provided_by``, the
-    provider's artifact."""
-    provider = _provider.get()
-    if provider is not None:
-        return provider(recipe)
-    found = find(recipe, search_roots(out))
-    if found is not None:
-        return found
-    from filelock import FileLock
-
-    from bench.train import OBJECTIVES, train
-
-    target = out or user_zoo()
-    target.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target / f".{recipe.folder_name}.lock")):
-        found = find(recipe, search_roots(out))  # trained by another process while this one waited
-        if found is not None:
-            return found
-        doing = (f"training it ({recipe.steps} steps, batch {recipe.batch})" if OBJECTIVES[recipe.objective].trains
-                 else "importing it")
-        print(f"zoo: no artifact for recipe {recipe.name} ({recipe.key}); {doing} into {target}", flush=True)
-        return train(recipe, target, progress=progress)
+def current_provider() -> Provider | None:
+    """The provider of the enclosing ``provided_by`` block, if any."""
+    return _provider.get()
 
 
 def tree_sha256(folder: Path) -> str:

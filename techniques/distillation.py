@@ -303,7 +303,7 @@ def consistency_sample(sch: DiscreteSchedule, model: Denoiser, timesteps: list[i
     return x
 
 
-# -- paper claims (not part of the technique's version) --
+# -- declarations: paper claims, model kinds (not part of the technique's version) --
 from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 _MATCHED_RECIPE = "ours (matched budget): the ε-teacher on the linear schedule read as v, lr 2e-4 + EMA"

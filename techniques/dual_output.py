@@ -368,7 +368,7 @@ def training_label(init: str, gate_loss: str) -> str:
     return f"{start}, {gate_loss} gate loss"
 
 
-# -- paper claims (not part of the technique's version) --
+# -- declarations: paper claims, model kinds (not part of the technique's version) --
 from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 _MATCHED_RECIPE = "ours (matched budget): from scratch, 4000 × 64, the official loss"

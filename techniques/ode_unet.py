@@ -315,7 +315,7 @@ def matched_unet_cost(baseline: Any, ode: Denoiser) -> dict[str, Any]:
 def _ratio(a: float, b: float | None) -> float | None:
     return round(float(a) / float(b), 3) if b else None
 
-# -- paper claims (not part of the technique's version) --
+# -- declarations: paper claims, model kinds (not part of the technique's version) --
 from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 _MATCHED_RECIPE = ("ours (matched): the base U-Net's widths, one ODE block per level, against the U-Net with one "

@@ -86,3 +86,5 @@ def make_sampler(denoiser: Any, sampler: str, steps: int, eta: float = 0.0,
         return scheduler_loop(denoiser, scheduler, steps, gens, callback, **step_kwargs)
 
     return sample
+# -- declarations: paper claims, model kinds (not part of the technique's version) --
+StepReduction.model_kinds = ("unconditional", "class")  # noqa: E305  (samplers need only x_t and t)

@@ -537,7 +537,7 @@ class Truncation(Technique):
         return sections
 
 
-# -- paper claims (not part of the technique's version) --
+# -- declarations: paper claims, model kinds (not part of the technique's version) --
 from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 Truncation.claims = tuple(

@@ -35,10 +35,10 @@ def tiny_base():
 @pytest.fixture(scope="session")
 def tiny_denoiser(tiny_base):
     """The tiny ε-model, trained through the zoo."""
-    from bench import zoo
+    from bench import train
     from bench.model import load_denoiser
 
-    return load_denoiser(zoo.ensure(tiny_base, progress=False).path)
+    return load_denoiser(train.ensure(tiny_base, progress=False).path)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

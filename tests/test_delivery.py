@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import delivery, recipes, zoo
+from bench import delivery, recipes, train, zoo
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_artifact_from_a_shared_location_is_received_verified_and_cached_by_hash
 
     provider = delivery.Provider(shared)
     with zoo.provided_by(provider):
-        artifact = zoo.ensure(tiny_base)
+        artifact = train.ensure(tiny_base)
     assert provider.fetched == [tiny_base.folder_name]
     assert artifact.path == delivery.cache_root() / entry.sha256 / tiny_base.folder_name
     assert zoo.tree_sha256(artifact.path) == entry.sha256 and artifact.summary()["sha256"] == entry.sha256
@@ -63,7 +63,7 @@ def test_tampered_artifact_is_refused_and_an_undeclared_one_is_never_trained(tin
 
     other = dataclasses.replace(tiny_base, seed=tiny_base.seed + 1)
     with zoo.provided_by(delivery.Provider(shared)), pytest.raises(delivery.ArtifactError, match="cells never train"):
-        zoo.ensure(other)
+        train.ensure(other)
     assert zoo.find(other) is None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import zoo
+from bench import train, zoo
 from bench.sampling import DiscreteSchedule, generators, noise_like
 from bench.train import lr_factor
 from techniques.distillation import (
@@ -79,7 +79,7 @@ def test_consistency_sampling_timesteps_stride_the_training_grid() -> None:
 def test_every_stage_is_an_artifact_and_the_one_step_student_carries_the_whole_chains_cost(tiny_base) -> None:
     chain = Distillation().artifacts(Distillation.Params(teacher_steps=16), tiny_base)
     assert list(chain) == ["student8", "student4", "student2", "student1"]
-    one_step = zoo.ensure(chain["student1"], progress=False)
+    one_step = train.ensure(chain["student1"], progress=False)
     records = {name: zoo.find(r).record for name, r in chain.items()}
     base = zoo.find(tiny_base).record
     assert one_step.record["total_steps"] == base["steps"] + sum(r["steps"] for r in records.values())

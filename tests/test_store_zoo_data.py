@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data, recipes, store, zoo
+from bench import data, recipes, store, train, zoo
 from bench.errors import UserError
 from bench.model import load_denoiser, save_denoiser
 
@@ -68,7 +68,7 @@ def test_zoo_trains_once_and_records_training(tmp_path: Path, tiny_denoiser) -> 
     assert record["steps"] == 60 and record["wall_s"] > 0 and len(record["loss_curve"]) >= 1
     assert record["weights_sha256"] == zoo.weights_sha256(artifact.path / record["weights_file"])
     assert record["hardware"]["cpu_model"] and "versions" in record["hardware"]
-    assert zoo.ensure(recipe).path == artifact.path
+    assert train.ensure(recipe).path == artifact.path
 
 
 def test_diffusers_folders_load_both_layouts(tmp_path: Path, tiny_denoiser) -> None:

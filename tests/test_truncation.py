@@ -53,10 +53,10 @@ def test_truncated_chain_starts_from_the_diffused_prior_sample(tiny_base) -> Non
 
 
 def test_tdpm_record_keeps_gan_curves_and_a_verdict(tiny_base) -> None:
-    from bench import zoo
+    from bench import train
 
     recipe = Truncation().artifacts(Truncation.Params(prior="tdpm"), tiny_base)["tdpm"]
-    record = zoo.ensure(recipe, progress=False).record
+    record = train.ensure(recipe, progress=False).record
     assert record["convergence_rule"] == CONVERGENCE_RULE and isinstance(record["gan_converged"], bool)
     steps = [row[0] for row in record["gan_curve"]]
     assert steps[-1] == recipe.steps and len(record["gan_curve_columns"]) == len(record["gan_curve"][0])
@@ -66,13 +66,13 @@ def test_tdpm_record_keeps_gan_curves_and_a_verdict(tiny_base) -> None:
 
 
 def test_gan_prior_emits_x_t_itself_and_is_judged_on_the_weights_the_sweep_samples(tiny_base) -> None:
-    from bench import zoo
+    from bench import train
     from bench.sampling import DiscreteSchedule
     from techniques.truncation import GAN_EVAL_SUBSTEPS, PRIOR_EVAL_SEEDS, _PriorFID
 
     params = Truncation.Params(prior="gan", t_trunc=30, tdpm_t=30)
     recipe = Truncation().artifacts(params, tiny_base)["prior"]
-    record = zoo.ensure(recipe, progress=False).record
+    record = train.ensure(recipe, progress=False).record
     assert record["convergence_rule"] == CONVERGENCE_RULE and isinstance(record["gan_converged"], bool)
     assert "EMA" in record["prior_fid_measures"] and len(PRIOR_EVAL_SEEDS) >= 500
     assert [s for s, _ in record["prior_fid_curve"]][-1] == recipe.steps

@@ -58,7 +58,9 @@ class CallRecorder:
         self.networks = networks
         self.calls: Counter[str] = Counter()
         self.first_inputs: dict[str, tuple] = {}
-        self._handles = [net.register_forward_pre_hook(self._hook(name)) for name, net in networks.items()]
+        # a conditional denoiser's evaluations are its ``counted`` module's calls (two per guided call)
+        self.networks = {name: getattr(net, "counted", net) for name, net in networks.items()}
+        self._handles = [net.register_forward_pre_hook(self._hook(name)) for name, net in self.networks.items()]
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:

@@ -54,12 +54,12 @@ def resolve_extractor(choice: str, dataset: str, resolution: int, steps: int = 1
                       progress: bool = True) -> Extractor:
     """The extractor ``quality.extractor`` names for (dataset, resolution): a zoo extractor (trained if missing;
     ``auto`` is the classifier on labelled data, the SimCLR encoder on unlabelled) or ``inception-v3-compat``."""
-    from bench import extractor, recipes
+    from bench import extractor, recipes, train
 
     recipe = recipes.extractor_recipe(choice, dataset, resolution, steps)
     if recipe is None:
         return _inception()
-    artifact = zoo.ensure(recipe, progress=progress)
+    artifact = train.ensure(recipe, progress=progress)
     sha = artifact.record["weights_sha256"]
     kind = recipe.objective
     name = extractor.register(artifact.path, sha, kind)

@@ -17,7 +17,7 @@ import torch
 from torch.utils import benchmark
 
 from bench import config as cfg
-from bench import sweep, zoo
+from bench import sweep, train
 from bench.model import load_denoiser
 from bench.runner import CellRunner
 from bench.store import Store
@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         Store(tmp).prepare()
         runner = CellRunner(config, Store(tmp), progress=False)
-        denoiser = load_denoiser(zoo.ensure(sweep.base_recipe(config)).path)
+        denoiser = load_denoiser(train.ensure(sweep.base_recipe(config)).path)
         before = bare_median_s(denoiser, a.sampler, a.steps, a.batch, a.repeats)
         record = runner.run(cell)
         after = bare_median_s(denoiser, a.sampler, a.steps, a.batch, a.repeats)

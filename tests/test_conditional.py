@@ -1,0 +1,245 @@
+"""Class-conditional models through the common interface: labels fixed by seed, guidance through diffusers' guiders
+with every network evaluation counted, class accuracy with paired intervals, unsupported techniques skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench import conditioning, recipes, train
+from bench.conditioning import Guidance
+from bench.measure.flops import CallRecorder
+from bench.sampling import generators
+from tests.conftest import ROOT, run_cli
+
+CONFIG = ROOT / "tests" / "data" / "tiny_conditional.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny_dit():
+    return train.load_artifact(recipes.denoiser_recipe("digits", 8, steps=40, arch="dit", conditioning="class"),
+                               progress=False)[0]
+
+
+@pytest.fixture(scope="module")
+def conditional_sweep(tmp_path_factory):
+    from bench import store
+
+    root = tmp_path_factory.mktemp("conditional")
+    result = run_cli("sweep", "--config", str(CONFIG), "--results", str(root / "results"), "--report",
+                     str(root / "report.html"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root, store.load(root / "results"), result.stdout
+
+
+def _cell(df, scale: float, start: float = 0.0):
+    rows = df[(df["technique"] == "step_reduction") & df["guidance"].map(
+        lambda g: g["scale"] == scale and g["start"] == start)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_guided_steps_count_two_evaluations_each(conditional_sweep) -> None:
+    _, df, _ = conditional_sweep
+    unguided, guided, late = _cell(df, 1.0), _cell(df, 3.0), _cell(df, 3.0, 0.34)
+    assert (unguided["nfe"], guided["nfe"], late["nfe"]) == (3, 6, 5)
+    assert late["observations"]["guidance_pattern"] == "uGG"  # int(0.34 · 3) = 1: steps 1 and 2 guided
+    assert (late["observations"]["guided_steps"], late["observations"]["unguided_steps"]) == (2, 1)
+    for row in (unguided, guided, late):  # FLOPs are those of the evaluations that ran
+        assert row["flops_per_image"] == row["nfe"] * row["flops_per_call"]
+        assert row["conditions"] == {"kind": "class", "num_classes": 10, "labels": conditioning.LABEL_RULE}
+        assert row["info"]["conditions"]["null_class"] == 10
+
+
+def test_class_accuracy_is_stored_per_seed_with_its_interval(conditional_sweep) -> None:
+    _, df, _ = conditional_sweep
+    for scale in (1.0, 3.0):
+        row = _cell(df, scale)
+        bits = row["class_correct"]["bits"]
+        assert len(bits) == row["n_generated"] == 40 and set(bits) <= {"0", "1"}
+        assert row["class_accuracy"] == pytest.approx(bits.count("1") / 40)
+        assert row["class_accuracy_ci_low"] <= row["class_accuracy"] <= row["class_accuracy_ci_high"]
+
+
+def test_paired_class_accuracy_flips_with_the_roles(conditional_sweep) -> None:
+    from bench.compare import Comparer
+
+    _, df, _ = conditional_sweep
+    a, b = _cell(df, 1.0), _cell(df, 3.0)
+    forward, backward = Comparer(cache=False).compare(a, b)["class_accuracy"], Comparer(cache=False).compare(
+        b, a)["class_accuracy"]
+    assert forward.delta == pytest.approx(b["class_accuracy"] - a["class_accuracy"])
+    assert forward.delta == pytest.approx(-backward.delta) and forward.low == pytest.approx(-backward.high)
+
+
+def test_unsupported_technique_is_skipped_with_its_reason_and_never_trained(conditional_sweep) -> None:
+    _, df, stdout = conditional_sweep
+    row = df[df["technique"] == "distillation"].iloc[0]
+    assert row["status"] == "skipped"
+    assert "distillation does not support class models" in row["reason"]
+    assert "pd1" not in stdout  # no student was trained for it
+
+
+def test_report_draws_the_guidance_trade_off(conditional_sweep) -> None:
+    root, _, _ = conditional_sweep
+    html = (root / "report.html").read_text()
+    assert "Guidance: quality against class accuracy" in html
+    assert "class accuracy [95% CI]" in html
+    assert "w=3 on [0.34, 1)" in html  # the interval cell in the table beside full guidance
+
+
+def test_an_image_depends_on_its_seed_only(tiny_dit) -> None:
+    from techniques.step_reduction import make_sampler
+
+    sample, _ = conditioning.conditional_sampler(make_sampler(tiny_dit, "ddim", 3), 10, Guidance(scale=2.0))
+    with torch.no_grad():
+        whole = sample(generators(range(6)))
+        part = sample(generators([4, 5, 3]))
+    torch.testing.assert_close(part, whole[[4, 5, 3]])
+
+
+def test_guidance_is_the_guiders_arithmetic(tiny_dit) -> None:
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 500)
+    labels = conditioning.labels_for_seeds([0, 1, 2, 13], 10)
+    assert labels.tolist() == [0, 1, 2, 3]
+    with torch.no_grad():
+        cond = tiny_dit.evaluation(x, t, labels)
+        uncond = tiny_dit.evaluation(x, t, torch.full((4,), 10))
+        with conditioning.conditioned(labels, Guidance(scale=4.0)):
+            guided = tiny_dit(x, t)
+        with conditioning.conditioned(labels, None):
+            plain = tiny_dit(x, t)
+    torch.testing.assert_close(guided, uncond + 4.0 * (cond - uncond))
+    torch.testing.assert_close(plain, cond)
+    assert not torch.allclose(cond, uncond)  # the null class is a condition of its own
+
+
+def test_a_conditional_model_outside_conditions_refuses(tiny_dit) -> None:
+    with pytest.raises(RuntimeError, match="without labels"):
+        tiny_dit(torch.randn(2, 1, 8, 8), 10)
+
+
+def test_dit_label_embedders_never_drop_labels_in_train_mode(tiny_dit) -> None:
+    """diffusers' DiT drops labels in each of its label embedders in train() mode (7 independent draws); the zoo's
+    DiT drops them once per image in the loss instead, so train-mode and eval-mode predictions agree."""
+    import copy
+
+    net = copy.deepcopy(tiny_dit.net)
+    x, t, labels = torch.randn(64, 1, 8, 8), torch.full((64,), 300), torch.arange(64) % 10
+    with torch.no_grad():
+        net.eval()
+        expected = net(x, t, labels).sample
+        net.train()
+        torch.manual_seed(0)
+        got = net(x, t, labels).sample
+    torch.testing.assert_close(got, expected)
+
+
+def test_nfe_hooks_count_each_evaluation_of_a_guided_call(tiny_dit) -> None:
+    recorder = CallRecorder({"model": tiny_dit})
+    labels = torch.tensor([1, 2])
+    with torch.no_grad(), conditioning.conditioned(labels, Guidance(scale=2.0)):
+        tiny_dit(torch.randn(2, 1, 8, 8), 10)
+    assert recorder.calls["model"] == 2
+    assert len(recorder.first_inputs["model"]) == 3  # (x, t, labels) at batch 1: what FLOPs are counted on
+    recorder.remove()
+
+
+def test_shipped_grids_are_class_correct_by_seed_order() -> None:
+    """The label rule, as the report describes it: seeds 0..15 of a grid ask for digits 0..9, 0..5."""
+    assert conditioning.labels_for_seeds(range(16), 10).tolist() == [*range(10), *range(6)]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.arch=dit", "model.conditioning=none"], "model.arch = 'dit' is class-conditional"),
+    (["model.conditioning=text"], "model.conditioning 'text' is not none or class"),
+])
+def test_bad_model_kind_is_one_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    args = [a for o in overrides for a in ("--set", o)]
+    result = run_cli("sweep", "--config", str(CONFIG), "--results", str(tmp_path), "--dry-run", *args)
+    assert result.returncode != 0
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_guidance_on_an_unconditional_model_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text((ROOT / "tests" / "data" / "tiny.toml").read_text().replace(
+        'params = { sampler = ["ddpm"', 'guidance = [2.0]\nparams = { sampler = ["ddpm"', 1))
+    result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path), "--dry-run")
+    assert result.returncode != 0
+    assert "technique[0].guidance applies to class-conditional models" in result.stderr
+
+
+def test_bad_guider_and_interval_are_refused(tmp_path: Path) -> None:
+    text = CONFIG.read_text()
+    for bad, message in ((text.replace('guidance = [1.0, 3.0]', 'guidance = [3.0]\nguider = ["pag"]'),
+                          "guider 'pag' is not one of"),
+                         (text.replace("[0.34, 1.0]", "[0.8, 0.2]"), "guidance interval [0.8, 0.2)")):
+        config = tmp_path / "c.toml"
+        config.write_text(bad)
+        result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path), "--dry-run")
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_techniques_command_lists_model_kinds() -> None:
+    result = run_cli("techniques")
+    assert result.returncode == 0
+    step_reduction = result.stdout.split("step_reduction (")[1].split("\n")
+    assert "    models: unconditional, class" in step_reduction
+    assert "cells on class models are stored skipped" in result.stdout
+
+
+def test_class_bits_pair_with_the_feature_draws() -> None:
+    from bench import stats
+
+    a = np.array([1, 1, 0, 1, 0, 1, 1, 1])
+    b = np.array([0, 1, 0, 1, 0, 0, 1, 1])
+    draws = stats.Draws.make(8, 5, 200)
+    d = stats.paired_proportion(b, a, draws.gen_counts)
+    assert d.delta == pytest.approx(-2 / 8) and d.low < d.delta < d.high
+    assert stats.paired_proportion(a, a, draws.gen_counts).verdict == "same"
+    low, high = stats.proportion_interval(8, 8)
+    assert high == pytest.approx(1.0) and 0.6 < low < 0.7  # Wilson: 0.676 for 8 of 8
+
+
+@pytest.fixture(scope="module")
+def latent_sweep(tmp_path_factory):
+    from bench import store
+
+    root = tmp_path_factory.mktemp("latent")
+    config = ROOT / "tests" / "data" / "tiny_latent.toml"
+    result = run_cli("sweep", "--config", str(config), "--results", str(root / "results"), "--report",
+                     str(root / "report.html"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root, store.load(root / "results")
+
+
+def test_latent_cells_count_the_decode_apart_from_the_denoiser(latent_sweep) -> None:
+    _, df = latent_sweep
+    for scale, nfe in ((1.0, 3), (3.0, 6)):
+        row = _cell(df, scale)
+        assert row["status"] == "ok" and row["nfe"] == nfe  # the decode is not a network evaluation of the loop
+        assert row["nfe_by_network"] == {"model": nfe, "decode": 1}
+        stages = row["flops_per_image_by_stage"]
+        assert stages["denoiser"] == nfe * row["flops_per_call_by_network"]["model"]
+        assert stages["decode"] == row["flops_per_call_by_network"]["decode"] > 0
+        assert row["flops_per_image"] == stages["denoiser"] + stages["decode"]
+        assert row["decode_ms_per_image"] > 0
+        assert "the VAE decode of every image" in row["latency_includes"]
+
+
+def test_latent_model_samples_in_latent_space_and_decodes_to_pixels() -> None:
+    from bench.runner import decoded_pipeline
+    from techniques.step_reduction import StepReduction
+
+    recipe = recipes.denoiser_recipe("digits", 8, steps=40, arch="dit", conditioning="class", latent=True)
+    model = train.load_artifact(recipe, progress=False)[0]
+    assert model.image_shape == (4, 2, 2) and model.decoder is not None  # 8×8×1 → 4×2×2
+    pipe = StepReduction().pipeline(StepReduction.Params(), {"model": model}, 3)
+    images, _ = conditioning.conditional_sampler(decoded_pipeline(pipe, model.decoder).sample, 10, None)
+    with torch.no_grad():
+        x = images(generators(range(3)))
+    assert x.shape == (3, 1, 8, 8) and x.abs().max() <= 1
