@@ -238,6 +238,7 @@ def test_latent_model_samples_in_latent_space_and_decodes_to_pixels() -> None:
     recipe = recipes.denoiser_recipe("digits", 8, steps=40, arch="dit", conditioning="class", latent=True)
     model = train.load_artifact(recipe, progress=False)[0]
     assert model.image_shape == (4, 2, 2) and model.decoder is not None  # 8×8×1 → 4×2×2
+    assert model.scheduler_config["clip_sample"] is False  # latents are not bounded to a pixel range
     pipe = StepReduction().pipeline(StepReduction.Params(), {"model": model}, 3)
     images, _ = conditioning.conditional_sampler(decoded_pipeline(pipe, model.decoder).sample, 10, None)
     with torch.no_grad():

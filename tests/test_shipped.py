@@ -27,12 +27,14 @@ def test_bench_train_finds_every_shipped_artifact_up_to_date() -> None:
     # papers' recipes (issue #16): the v-prediction cosine teacher, its four progressive students (the paper's
     # optimiser) and three consistency students (LCM's, mu = 0, pseudo-Huber); the dual network's gate fine-tunes
     # (paper and balanced loss), its warm start from the baseline and the two networks' time-only gates; the GAN
-    # priors at T' = 300 and 500
-    assert len(shipped) == 30
+    # priors at T' = 300 and 500; the class-conditional models (issue #20): the DiT, the U-Net, the autoencoder and the
+    # latent DiT on its latents
+    assert len(shipped) == 34
     found = set()
     configs = ROOT / "bench" / "configs"
     studies = [["--config", str(configs / f"{name}.toml")]
-               for name in ("ode_unet_paper", "distillation_paper", "dual_output", "truncation")]
+               for name in ("ode_unet_paper", "distillation_paper", "dual_output", "truncation", "conditional",
+                            "conditional_unet", "conditional_latent")]
     for override in ([], ["--set", "quality.extractor=simclr"], *studies):
         result = run_cli("train", "--no-progress", *override)
         assert result.returncode == 0 and "trained" not in result.stdout, result.stdout + result.stderr
