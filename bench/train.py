@@ -93,6 +93,8 @@ class DiffusionObjective(Objective):
     """DDPM training (Ho et al. 2020, Algorithm 1): t ~ U{0..T-1}, x_t = a_t x_0 + s_t ε, MSE on the target."""
 
     prediction_type = "epsilon"
+    decoder: Decoder | None = None  # a latent model's autoencoder (set by build; subclasses' networks have none)
+    label_dropout = 0.1
 
     def build(self, recipe, image_shape, num_classes):
         conditional = recipe.options.get("num_classes")
@@ -122,7 +124,7 @@ class DiffusionObjective(Objective):
         x_t = sched.add_noise(x0, noise, t)
         targets = {"epsilon": noise, "sample": x0, "v_prediction": sched.get_velocity(x0, noise, t)}
         target = targets[self.prediction_type]
-        if model.num_classes:  # Ho & Salimans: the null class in place of the label with probability p_uncond
+        if getattr(model, "num_classes", None):  # Ho & Salimans: the null class for the label with probability p_uncond
             dropped = torch.rand(x0.shape[0], generator=generator) < self.label_dropout
             labels = torch.where(dropped, model.null_class, labels)
             return F.mse_loss(model(x_t, t, labels), target)
