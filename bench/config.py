@@ -415,7 +415,7 @@ def describe(cls: type = SweepConfig, prefix: str = "") -> list[str]:
             lines += describe(hint, f"{prefix}{f.name}.")
             continue
         item = (typing.get_args(hint) or (None,))[0]
-        if f.name == "hardware" and dataclasses.is_dataclass(item):
+        if f.name in ("hardware", "technique") and dataclasses.is_dataclass(item):
             lines.append(f"  {prefix}{f.name}: {f.metadata.get('doc', '')}")
             lines += describe(item, f"{prefix}{f.name}.")
             continue
