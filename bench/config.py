@@ -208,7 +208,7 @@ def _build(cls: type, table: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in table:
         if key not in names:
-            raise UserError(f"config: unknown key '{where}{key}' (known: {', '.join(sorted(names))})")
+            raise UserError(f"config: unknown key {_short(f'{where}{key}')} (known: {', '.join(sorted(names))})")
     return cls(**{k: _coerce(hints[k], v, f"{where}{k}") for k, v in table.items()})
 
 

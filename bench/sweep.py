@@ -29,6 +29,8 @@ def needed_artifacts(config: cfg.SweepConfig, cells: list[Cell] | None = None) -
     needed = [extractor] if extractor else []
     if base.options.get("num_classes"):  # a conditional model's class accuracy is judged by the zoo classifier
         needed.append(recipes.classifier_recipe(m.dataset, m.resolution, q.extractor_steps))
+    if "autoencoder" in base.options:  # a latent model's autoencoder trains first (its artifact carries a copy)
+        needed.append(recipes.Recipe.from_dict(base.options["autoencoder"]))
     needed.append(base)
     if cells is None:
         uses = [(technique, params) for entry in config.technique
