@@ -20,7 +20,7 @@ TINY_UNET = {
 
 
 # A small class-conditional DiT (diffusers' DiTTransformer2DModel): patch 4 (16 tokens at 16×16), 6 blocks of width
-# 128 (4 heads × 32), 2.13M parameters; ≈0.1 s per training step at batch 64 on 2 CPU cores. Patch 2 (64 tokens,
+# 128 (4 heads × 32), 2.12M parameters; ≈0.1 s per training step at batch 64 on 2 CPU cores. Patch 2 (64 tokens,
 # 0.3 s per step) made speckled digits after 3000 steps (17 min, loss 0.043 against the U-Net's 0.033): at this
 # budget more steps of the coarser model serve better, as issue 20 foresaw.
 TINY_DIT = {

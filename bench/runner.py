@@ -286,7 +286,7 @@ class CellRunner:
                      quality_extended_from=extend["spec_hash"] if extend else None, n_newly_generated=len(fresh))
             if "conditions" in s:
                 bits = self._class_correct(generated, fresh) if images else ""
-                stored_bits = ((extend or {}).get("class_correct") or {}).get("bits", "") if extend else ""
+                stored_bits = ((extend or {}).get("class_correct") or {}).get("bits", "")
                 correct = {"seeds": [s["seed"], s["seed"] + len(stored_bits) + len(bits)],
                            "bits": stored_bits + bits, "classifier": self._classifier_name}
                 q.update(class_accuracy_metrics(correct["bits"]))

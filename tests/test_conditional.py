@@ -148,7 +148,7 @@ def test_nfe_hooks_count_each_evaluation_of_a_guided_call(tiny_dit) -> None:
     recorder.remove()
 
 
-def test_shipped_grids_are_class_correct_by_seed_order() -> None:
+def test_labels_follow_seeds_class_balanced() -> None:
     """The label rule, as the report describes it: seeds 0..15 of a grid ask for digits 0..9, 0..5."""
     assert conditioning.labels_for_seeds(range(16), 10).tolist() == [*range(10), *range(6)]
 
