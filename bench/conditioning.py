@@ -77,9 +77,9 @@ class Conditions:
     guider: Any | None = None
     step: int | None = None
     num_steps: int | None = None
-    guided: int = 0  # denoiser calls that evaluated the network twice (conditional and null class)
-    unguided: int = 0  # calls that evaluated it once
-    steps: list[bool] = field(default_factory=list)  # per call: guided?
+    guided: int = 0  # denoiser calls that guided: two evaluations (label, null class), or one of a guidance-distilled
+    unguided: int = 0  # network given w; calls that did not guide (one evaluation)
+    steps: list[str] = field(default_factory=list)  # per call: G guided, W guided by the network's w input, u not
 
 
 _current: ContextVar[Conditions | None] = ContextVar("bench_conditions", default=None)
@@ -121,21 +121,24 @@ def guided(denoiser: Any, x: torch.Tensor, t: torch.Tensor, class_labels: torch.
     if labels.shape[0] != x.shape[0]:
         raise RuntimeError(f"{labels.shape[0]} labels for a batch of {x.shape[0]} images")
     guider = state.guider if state is not None else None
-    if guider is None:
-        if state is not None:
-            state.unguided += 1
-            state.steps.append(False)
-        return denoiser.evaluation(x, t, labels)
-    guider.set_state(step=state.step if state.step is not None else 0,
-                     num_inference_steps=state.num_steps, timestep=t)
+    if guider is not None:
+        guider.set_state(step=state.step if state.step is not None else 0,
+                         num_inference_steps=state.num_steps, timestep=t)
+    guides = guider is not None and guider.num_conditions == 2
+    if state is not None:
+        state.guided += guides
+        state.unguided += not guides
+        state.steps.append("W" if guides and denoiser.embeds_guidance else "G" if guides else "u")
+    if denoiser.embeds_guidance:  # a guidance-distilled network: w is its input, one evaluation
+        scale = float(guider.guidance_scale) if guides else 1.0
+        if guides and type(guider).__name__ != GUIDERS["cfg"]:
+            raise RuntimeError(f"a guidance-distilled network learned classifier-free guidance; it cannot take "
+                               f"the {type(guider).__name__} guider")
+        return denoiser.evaluation(x, t, labels, torch.full((x.shape[0],), scale, device=x.device))
     cond = denoiser.evaluation(x, t, labels)
-    if guider.num_conditions == 1:
-        state.unguided += 1
-        state.steps.append(False)
+    if not guides:
         return cond
     uncond = denoiser.evaluation(x, t, torch.full_like(labels, denoiser.null_class))
-    state.guided += 1
-    state.steps.append(True)
     return guider.forward(cond.float(), uncond.float()).pred.to(cond.dtype)
 
 
@@ -150,7 +153,7 @@ def conditional_sampler(sample: Callable[..., torch.Tensor], num_classes: int,
             out = sample(gens, callback)
         # every image of a sampler call goes through the same calls: per image = per call
         seen.update(guided_steps=state.guided, unguided_steps=state.unguided,
-                    guidance_pattern="".join("G" if g else "u" for g in state.steps))
+                    guidance_pattern="".join(state.steps))
         return out
 
     def observe() -> dict[str, Any]:

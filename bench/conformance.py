@@ -78,10 +78,18 @@ class Context:
                 continue
         raise ContractError(f"{params}: validate_steps() accepts no step count in 1..{2 * preferred}")
 
-    def pipeline(self, params: Any, steps: int) -> Pipeline:
-        pipe = self.technique.pipeline(params, self.models(params), steps)
+    def pipeline(self, params: Any, steps: int, guidance: Any = None) -> Pipeline:
+        """The technique's pipeline; on a class-conditional base, conditioned as a sweep conditions it (labels by
+        seed, ``guidance`` or none)."""
+        from bench.conditioning import Guidance
+        from bench.runner import conditioned_pipeline
+
+        models = self.models(params)
+        pipe = self.technique.pipeline(params, models, steps)
         if not isinstance(pipe, Pipeline):
             raise ContractError(f"pipeline() returned {type(pipe).__name__}; return a bench.technique.Pipeline")
+        if models["model"].num_classes:
+            pipe = conditioned_pipeline(pipe, models["model"].num_classes, guidance or Guidance())
         return pipe
 
 
@@ -175,36 +183,49 @@ def check_seed_determinism(ctx: Context) -> None:
 
 def check_model_kinds(ctx: Context) -> None:
     """The declared model kinds are known; on a class-conditional model (when declared) every variant samples each
-    seed's own class deterministically, and guidance doubles the network evaluations of every guided step."""
-    from bench import recipes
+    seed's own class deterministically, and guidance guides every step: two network evaluations (label and null
+    class), or one of a guidance-distilled network given the scale."""
     from bench.conditioning import Guidance
     from bench.model import MODEL_KINDS
-    from bench.runner import conditioned_pipeline
 
     kinds = tuple(ctx.technique.model_kinds)
     _require(bool(kinds) and set(kinds) <= set(MODEL_KINDS),
              f"model_kinds = {kinds!r}: declare a non-empty subset of {MODEL_KINDS}")
     if "class" not in kinds:
         return
-    conditional = Context(ctx.name, ctx.technique, recipes.denoiser_recipe("digits", 8, steps=40,
-                                                                           conditioning="class"))
+    conditional = ctx if ctx.base.options.get("num_classes") else Context(ctx.name, ctx.technique,
+                                                                         _tiny_base(conditional=True))
     for params in conditional.variants():
         steps = conditional.steps(params, 4)
-        model = conditional.models(params)["model"]
-        calls = []
+        calls, patterns = [], []
         for guidance in (Guidance(), Guidance(scale=2.0)):
-            pipe = conditioned_pipeline(conditional.pipeline(params, steps), model.num_classes, guidance)
+            pipe = conditional.pipeline(params, steps, guidance)
             recorder = CallRecorder(pipe.networks)
             with torch.no_grad():
                 full = pipe.sample(generators([0, 1, 2, 3]), None)
                 part = pipe.sample(generators([2, 3]), None)
             calls.append(sum(recorder.calls.values()) / 2)
+            patterns.append(pipe.observe()["guidance_pattern"])
             recorder.remove()
             _require(torch.allclose(full[2:], part, atol=1e-4, rtol=1e-4),
                      f"{params}: on a class-conditional model, images change with the batch they are in")
-        _require(calls[1] == 2 * calls[0], f"{params}: guidance at w = 2 ran {calls[1]:g} network evaluations per "
-                 f"image against {calls[0]:g} unguided; every guided step must evaluate the label and the null "
-                 "class (route every call through the base Denoiser)")
+        unguided, guided = patterns
+        _require(bool(unguided) and "u" * len(unguided) == unguided and len(guided) == len(unguided)
+                 and "u" not in guided, f"{params}: the guidance pattern was {unguided!r} unguided and {guided!r} at "
+                 "w = 2; route every network evaluation through the base Denoiser's call under the cell's guider")
+        _require(calls[1] == calls[0] + guided.count("G"),
+                 f"{params}: guidance at w = 2 ran {calls[1]:g} network evaluations per image against {calls[0]:g} "
+                 f"unguided over the steps {guided!r}; every guided step (G) must evaluate the label and the null "
+                 "class, a guidance-distilled network's (W) once")
+
+
+def _tiny_base(conditional: bool = False) -> zoo.Recipe:
+    """The checks' base models: seconds-trained digits 8×8 ε-models (a U-Net; class-conditional when asked)."""
+    from bench import recipes
+
+    if conditional:
+        return recipes.denoiser_recipe("digits", 8, steps=40, conditioning="class")
+    return recipes.denoiser_recipe("digits", 8, steps=60)
 
 
 def check_report_sections(ctx: Context) -> None:
@@ -232,10 +253,10 @@ class Outcome:
 
 
 def context(name: str, base: zoo.Recipe | None = None) -> Context:
-    """The checks' context for registered technique ``name`` over ``base`` (default: the tiny digits ε-model)."""
-    from bench import recipes
-
-    return Context(name, registry.get(name), base or recipes.denoiser_recipe("digits", 8, steps=60))
+    """The checks' context for registered technique ``name`` over ``base`` (default: the tiny digits ε-model, or
+    its class-conditional twin for a technique that supports conditional models only)."""
+    technique = registry.get(name)
+    return Context(name, technique, base or _tiny_base(conditional="unconditional" not in technique.model_kinds))
 
 
 def run(name: str, base: zoo.Recipe | None = None) -> list[Outcome]:

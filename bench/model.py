@@ -4,6 +4,8 @@ for classifier-free guidance; ``bench.conditioning`` supplies each image's label
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -37,18 +39,80 @@ ARCHS = ("unet", "dit")
 MODEL_KINDS = ("unconditional", "class")
 
 
+@functools.cache
+def _guidance_embedding_class() -> type:  # diffusers is imported lazily, as everywhere here
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+    from diffusers.models.modeling_utils import ModelMixin
+
+    class GuidanceEmbedding(ModelMixin, ConfigMixin):
+        """The guidance scale w as a network input (Meng et al. 2023, guidance distillation): sinusoidal features of
+        w through a two-layer MLP, added to the network's time embedding. The last layer starts at zero, so a student
+        built from its teacher's weights starts as the teacher's conditional (w = 1) prediction."""
+
+        @register_to_config
+        def __init__(self, dim: int, channels: int = 64, w_scale: float = 100.0) -> None:
+            super().__init__()
+            # w spans a few units; the sinusoids are made for timesteps in the hundreds (hence ``w_scale``)
+            self.features = Timesteps(channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+            self.mlp = TimestepEmbedding(channels, dim)
+            nn.init.zeros_(self.mlp.linear_2.weight)
+            nn.init.zeros_(self.mlp.linear_2.bias)
+
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.features(w.float() * self.config.w_scale))
+
+    return GuidanceEmbedding
+
+
+def guidance_embedding_targets(net: nn.Module) -> list[nn.Module]:
+    """The modules whose output is the network's time(+label) embedding, where a guidance embedding is added: the
+    U-Net's ``time_embedding``; every DiT block's ``norm1.emb`` (the DiT's output layer reuses block 0's)."""
+    if hasattr(net, "transformer_blocks"):
+        return [block.norm1.emb for block in net.transformer_blocks]
+    if hasattr(net, "time_embedding"):
+        return [net.time_embedding]
+    raise UserError(f"a guidance embedding needs a U-Net or DiT time embedding; {type(net).__name__} has none")
+
+
+def _embedding_width(module: nn.Module) -> int:
+    linear = getattr(module, "linear_2", None) or module.timestep_embedder.linear_2
+    return int(linear.out_features)
+
+
+def new_guidance_embedding(net: nn.Module) -> nn.Module:
+    """A zero-initialised ``GuidanceEmbedding`` sized for ``net``'s time embedding."""
+    return _guidance_embedding_class()(_embedding_width(guidance_embedding_targets(net)[0]))
+
+
 class Evaluation(nn.Module):
-    """One evaluation of a conditional network, ``(x_t, t, labels) → prediction``: what NFE counts and FLOPs measure
-    for a conditional ``Denoiser``, whose single call may evaluate its network twice (classifier-free guidance).
+    """One evaluation of a conditional network, ``(x_t, t, labels[, w]) → prediction``: what NFE counts and FLOPs
+    measure for a conditional ``Denoiser``, whose single call may evaluate its network twice (classifier-free
+    guidance), or once with the guidance scale ``w`` as an input (a guidance-distilled network).
 
     It owns the network: a conditional ``Denoiser`` reaches it as ``denoiser.net`` through this module."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, guidance_embedding: nn.Module | None = None) -> None:
         super().__init__()
         self.net = net
+        self.guidance_embedding = guidance_embedding
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        out = self.net(x, t, labels)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                w: torch.Tensor | None = None) -> torch.Tensor:
+        if self.guidance_embedding is None:
+            out = self.net(x, t, labels)
+        else:
+            if w is None:
+                raise RuntimeError("a guidance-distilled network was evaluated without a guidance scale")
+            added = self.guidance_embedding(w)
+            # hooks only for this call: a copied network (a student's) carries none of its teacher's
+            handles = [target.register_forward_hook(lambda module, inputs, output: output + added.to(output.dtype))
+                       for target in guidance_embedding_targets(self.net)]
+            try:
+                out = self.net(x, t, labels)
+            finally:
+                for handle in handles:
+                    handle.remove()
         return out.sample if hasattr(out, "sample") else out
 
 
@@ -84,11 +148,13 @@ class Denoiser(nn.Module):
 
     def __init__(self, net: nn.Module, prediction_type: str, scheduler_config: dict[str, Any],
                  image_shape: tuple[int, int, int], num_classes: int | None = None,
-                 decoder: Decoder | None = None) -> None:
+                 decoder: Decoder | None = None, guidance_embedding: nn.Module | None = None) -> None:
         super().__init__()
         self.decoder = decoder  # a latent model's VAE decode; image_shape is then the latent shape
+        if guidance_embedding is not None and not num_classes:
+            raise ValueError("a guidance embedding needs a class-conditional network")
         if num_classes:
-            self.evaluation = Evaluation(net)
+            self.evaluation = Evaluation(net, guidance_embedding)
         else:
             self.add_module("net", net)
             self.evaluation = None
@@ -113,6 +179,24 @@ class Denoiser(nn.Module):
     @property
     def null_class(self) -> int | None:
         return self.num_classes
+
+    @property
+    def embeds_guidance(self) -> bool:
+        """True for a guidance-distilled network: the guidance scale is its input, one evaluation per step."""
+        return self.evaluation is not None and self.evaluation.guidance_embedding is not None
+
+    def derived(self, prediction_type: str | None = None, embed_guidance: bool = False) -> Denoiser:
+        """A trainable copy (a student starting from this model's weights): same classes, schedule and decoder,
+        another output parameterisation if asked, and a guidance embedding (a new zero one where this has none)."""
+        embedding = None
+        if embed_guidance or self.embeds_guidance:
+            embedding = (copy.deepcopy(self.evaluation.guidance_embedding) if self.embeds_guidance
+                         else new_guidance_embedding(self.net))
+        student = Denoiser(copy.deepcopy(self.net), prediction_type or self.prediction_type, self.scheduler_config,
+                           self.image_shape, self.num_classes, self.decoder, embedding)
+        trained = student.evaluation if student.evaluation is not None else student.net
+        trained.requires_grad_(True)  # the decoder stays frozen
+        return student
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | int,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,6 +272,9 @@ def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
+    if denoiser.embeds_guidance:  # a guidance-distilled network's w input, beside the network it feeds
+        denoiser.evaluation.guidance_embedding.save_pretrained(directory / "guidance_embedding",
+                                                               safe_serialization=True)
     if denoiser.decoder is not None:  # a latent model: diffusers' latent pipeline layout (unet/ vae/ scheduler/)
         denoiser.net.save_pretrained(directory / "unet", safe_serialization=True)
         denoiser.decoder.vae.save_pretrained(directory / "vae", safe_serialization=True)
@@ -250,4 +337,8 @@ def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | Non
         from diffusers import AutoencoderKL
 
         decoder = Decoder(AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False))
-    return Denoiser(net, prediction, scheduler_config, shape, network_classes(net), decoder).to(device).eval()
+    embedding = None
+    if path.is_dir() and (path / "guidance_embedding" / "config.json").is_file():
+        embedding = _guidance_embedding_class().from_pretrained(path / "guidance_embedding", low_cpu_mem_usage=False)
+    return Denoiser(net, prediction, scheduler_config, shape, network_classes(net), decoder,
+                    embedding).to(device).eval()

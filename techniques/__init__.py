@@ -6,4 +6,5 @@ BUILTIN: dict[str, str] = {
     "ode_unet": "techniques.ode_unet:ODEUNet",
     "distillation": "techniques.distillation:Distillation",
     "truncation": "techniques.truncation:Truncation",
+    "guidance_distillation": "techniques.guidance_distillation:GuidanceDistillation",
 }
