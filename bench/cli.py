@@ -310,7 +310,9 @@ def _techniques(args: argparse.Namespace) -> int:
         unsupported = [k for k in MODEL_KINDS if k not in technique.model_kinds]
         print(f"{name} ({origin}: {target}) version {technique.version()}\n    {technique.description}\n"
               f"    params: {params}\n    models: {', '.join(technique.model_kinds)}"
-              + (f" (cells on {', '.join(unsupported)} models are stored skipped)" if unsupported else ""))
+              + (f" (cells on {', '.join(unsupported)} models are stored skipped"
+                 + (f": {technique.model_kinds_reason})" if technique.model_kinds_reason else ")")
+                 if unsupported else ""))
     return 0
 
 

@@ -253,10 +253,12 @@ class Outcome:
 
 
 def context(name: str, base: zoo.Recipe | None = None) -> Context:
-    """The checks' context for registered technique ``name`` over ``base`` (default: the tiny digits ε-model, or
-    its class-conditional twin for a technique that supports conditional models only)."""
+    """The checks' context for registered technique ``name`` over ``base`` (default: the tiny digits ε-model). A
+    technique for conditional models only is checked on the tiny class-conditional twin unless ``base`` is one."""
     technique = registry.get(name)
-    return Context(name, technique, base or _tiny_base(conditional="unconditional" not in technique.model_kinds))
+    if "unconditional" not in technique.model_kinds and not (base and base.options.get("num_classes")):
+        base = _tiny_base(conditional=True)
+    return Context(name, technique, base or _tiny_base())
 
 
 def run(name: str, base: zoo.Recipe | None = None) -> list[Outcome]:

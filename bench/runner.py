@@ -179,8 +179,9 @@ class CellRunner:
         params = technique.Params(**s["params"])
         kind = "class" if "conditions" in s else "unconditional"
         if kind not in technique.model_kinds:
+            why = f": {technique.model_kinds_reason}" if technique.model_kinds_reason else ""
             return self.skipped(cell, f"{technique.name} does not support {kind} models (it supports: "
-                                      f"{', '.join(technique.model_kinds)})")
+                                      f"{', '.join(technique.model_kinds)}){why}")
         t0 = time.perf_counter()
         models, artifacts = self._load(technique, params)
         models = {k: m.to(device).eval() if isinstance(m, torch.nn.Module) else m for k, m in models.items()}

@@ -65,6 +65,8 @@ class Technique:
     # The base models it can work on (``bench.model.MODEL_KINDS``); a cell on another kind is stored ``skipped``
     # with the reason. Declared below CLAIMS_MARKER too, so widening it does not mark results stale.
     model_kinds: ClassVar[tuple[str, ...]] = ("unconditional",)
+    # Why the other kinds are not supported, in a clause (stored in their skipped cells' reason).
+    model_kinds_reason: ClassVar[str] = ""
 
     @dataclass(frozen=True)
     class Params:

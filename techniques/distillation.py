@@ -332,3 +332,6 @@ Distillation.claims = (
           ("v-teacher, iCT's pseudo-Huber loss (μ = 0.95), against PD with the paper's optimiser",
            "distillation_paper", {"target_ema": 0.95, "loss": "pseudo_huber"}, "paper"))),
 )
+Distillation.model_kinds_reason = (
+    "its students are built unconditional; guidance_distillation distils a class-conditional model (its "
+    "progressive students at w = 1 are plain progressive distillation)")

@@ -390,3 +390,5 @@ DualOutput.claims = (
                           (_GATE_TUNE_BALANCED, {"init": "dual", "gate_loss": "balanced"}),
                           (_WARM_START_RECIPE, {"init": "baseline", "gate_loss": "balanced"}))),
 )
+DualOutput.model_kinds_reason = (
+    "its two-headed network has no label input")

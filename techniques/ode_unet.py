@@ -334,3 +334,5 @@ ODEUNet.claims = (
     *(Claim("faster inference than the U-Net in equal conditions (Calvo-Ordonez et al., abstract)", recipe,
             "latency", cand, ref) for recipe, cand, ref in _CLAIM_CELLS),
 )
+ODEUNet.model_kinds_reason = (
+    "its continuous-time network has no label input")

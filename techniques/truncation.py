@@ -553,3 +553,5 @@ Truncation.claims = tuple(
          "below", {"prior": "gan", "t_trunc": 300}),
         ("TDPM's prior recipe at T' = 500 (its released config: 499)", {"prior": "gan", "t_trunc": 500}),
         ("ES-DDPM's: a VAE prior, T' = 300", {"prior": "vae", "t_trunc": 300})))
+Truncation.model_kinds_reason = (
+    "its priors (VAE, TDPM, GAN) generate without labels")

@@ -75,6 +75,73 @@ def test_paired_class_accuracy_flips_with_the_roles(conditional_sweep) -> None:
     assert forward.delta == pytest.approx(-backward.delta) and forward.low == pytest.approx(-backward.high)
 
 
+def test_guidance_distilled_students_guide_with_one_evaluation_per_step(conditional_sweep) -> None:
+    _, df, _ = conditional_sweep
+    rows = df[df["technique"] == "guidance_distillation"]
+    assert set(rows["status"]) == {"ok"} and len(rows) == 2
+    teacher = _cell(df, 3.0)
+    for _, row in rows.iterrows():
+        steps = int(row["steps"])
+        assert row["nfe"] == steps  # w = 3 is the network's input: no second (null-class) evaluation
+        assert row["observations"]["guidance_pattern"] == "W" * steps
+        assert (row["observations"]["guided_steps"], row["observations"]["unguided_steps"]) == (steps, 0)
+        assert row["flops_per_image"] == row["nfe"] * row["flops_per_call"]
+        # one evaluation costs the teacher's plus the guidance embedding's small MLP
+        assert teacher["flops_per_call"] < row["flops_per_call"] < 1.05 * teacher["flops_per_call"]
+    progressive = rows[rows["params"].map(lambda p: p["method"] == "progressive")].iloc[0]
+    assert set(progressive["artifacts"]) == {"model", "student1"}
+    assert progressive["artifacts"]["student1"]["recipe"].endswith("-gd1-3-pd1")
+
+
+def _student(tiny_dit):
+    student = tiny_dit.derived(embed_guidance=True).eval()
+    torch.nn.init.normal_(student.evaluation.guidance_embedding.mlp.linear_2.weight, std=0.05)
+    return student
+
+
+def test_guidance_embedding_starts_at_the_teacher_and_makes_w_an_input(tiny_dit, tmp_path: Path) -> None:
+    from bench.model import load_denoiser, save_denoiser
+
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.full((4,), 500), torch.tensor([0, 1, 2, 3])
+    fresh = tiny_dit.derived(embed_guidance=True).eval()
+    with torch.no_grad():
+        teacher = tiny_dit.evaluation(x, t, labels)
+        torch.testing.assert_close(fresh.evaluation(x, t, labels, torch.full((4,), 3.0)), teacher)
+        student = _student(tiny_dit)
+        by_w = [student.evaluation(x, t, labels, torch.full((4,), w)) for w in (1.0, 3.0)]
+        assert not torch.allclose(*by_w)
+        save_denoiser(student, tmp_path / "student")
+        loaded = load_denoiser(tmp_path / "student")
+        assert loaded.embeds_guidance and loaded.num_classes == 10
+        torch.testing.assert_close(loaded.evaluation(x, t, labels, torch.full((4,), 3.0)), by_w[1])
+        with conditioning.conditioned(labels, Guidance(scale=3.0)) as state:
+            torch.testing.assert_close(student(x, t), by_w[1])  # the cell's scale reaches the network
+        assert state.steps == ["W"]
+        with conditioning.conditioned(labels, Guidance(guider="apg", scale=3.0)), \
+                pytest.raises(RuntimeError, match="learned classifier-free guidance"):
+            student(x, t)
+
+
+def test_stage_one_matches_the_guided_teacher(tiny_dit) -> None:
+    """The student starts as the teacher's conditional prediction: its loss is zero where the target is unguided
+    (w = 1) and positive where the guided teacher differs (w in [2, 3])."""
+    from bench import zoo
+    from techniques.guidance_distillation import GuidedStudentObjective
+
+    base = recipes.denoiser_recipe("digits", 8, steps=40, arch="dit", conditioning="class")
+    x0, labels = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8)
+    losses = []
+    for w_range in ((1.0, 1.0), (2.0, 3.0)):
+        objective = GuidedStudentObjective()
+        recipe = zoo.Recipe.from_dict({**base.to_dict(), "objective": "guidance_distillation",
+                                       "options": {"teacher": base.to_dict(), "w_min": w_range[0],
+                                                   "w_max": w_range[1]}})
+        student = objective.build(recipe, (1, 8, 8), 10)
+        with torch.no_grad():
+            losses.append(float(objective.loss(student, x0, labels, torch.Generator().manual_seed(0))))
+    assert losses[0] == pytest.approx(0.0, abs=1e-10) and losses[1] > 1e-6
+
+
 def test_unsupported_technique_is_skipped_with_its_reason_and_never_trained(conditional_sweep) -> None:
     _, df, stdout = conditional_sweep
     row = df[df["technique"] == "distillation"].iloc[0]

@@ -82,7 +82,8 @@ ALLOWED_TEXT = {("model", "dataset"): {"mnist", "digits", "tv-mnist", "tv-cifar1
                 ("quality", "extractor"): {"auto", "classifier", "simclr"},
                 ("quality", "reference_split"): {"train", "test"}, ("executor", "kind"): set(cfg.EXECUTORS),
                 ("hardware", "device"): {"cpu", "cuda", "cuda:0"}, ("hardware", "dtype"): set(cfg.DTYPES),
-                ("technique", "name"): {"step_reduction", "dual_output", "ode_unet", "truncation", "distillation"}}
+                ("technique", "name"): {"step_reduction", "dual_output", "ode_unet", "truncation", "distillation",
+                                                  "guidance_distillation"}}
 HOSTILE_TEXT = st.sampled_from(["", " ", "\x00", "a/b", "../..", ".hidden", "x" * 300, "☃ snow", "folder:",
                                 "folder:/no/such/dir", "folder:/dev/null", "folder:\x00", "./no/such/model",
                                 "org/no-such-model", "\ud800"])
