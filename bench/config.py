@@ -42,14 +42,17 @@ class ModelConfig:
                                   "techniques' own trainings (students, priors, gates) are scaled from")
     layers_per_block: int = knob(1, "ResNet blocks per level of the zoo's base U-Net (2: the DDPM U-Net's depth, "
                                     "the baseline the continuous U-Net paper compares against)")
-    pretrained: str = knob("", "a local diffusers folder or hub id (UNet2DModel) to use instead of the zoo's base "
-                               "model: imported into the zoo by its weights hash; every technique trains from it")
+    pretrained: str = knob("", "a local diffusers folder or hub id (UNet2DModel, or a class-conditional UNet2DModel "
+                               "or DiTTransformer2DModel with model.conditioning = 'class') to use instead of the "
+                               "zoo's base model: imported into the zoo by its weights hash; every technique trains "
+                               "from it")
     arch: str = knob("unet", "the zoo base model's network: unet (diffusers' UNet2DModel) or dit (a small "
                              "DiTTransformer2DModel, class-conditional)")
     latent: bool = knob(False, "the base model is a latent DiT: diffusion on the latents (4×4×4 at 16×16) of a small "
                                "AutoencoderKL the zoo trains first; every image's decode is measured apart")
     conditioning: str = knob("none", "none, or class: the base model is class-conditional (image i gets label "
-                                     "seed_i mod 10; guidance per [[technique]] entry)")
+                                     "seed_i mod 10; guidance per [[technique]] entry; a pretrained U-Net's last "
+                                     "label row is read as the null class)")
 
 
 @dataclass(frozen=True)
@@ -286,9 +289,9 @@ def validate(config: SweepConfig) -> None:
         raise UserError("config: model.arch = 'dit' is class-conditional: set model.conditioning = 'class'")
     if m.latent and m.arch != "dit":
         raise UserError("config: model.latent needs model.arch = 'dit' (the zoo's latent model is the DiT)")
-    if m.pretrained and (m.arch != "unet" or m.conditioning != "none" or m.latent):
-        raise UserError("config: model.arch, model.conditioning and model.latent shape the zoo's base model; with "
-                        "model.pretrained the network is the pretrained one: remove one of them")
+    if m.pretrained and (m.arch != "unet" or m.latent):
+        raise UserError("config: model.arch and model.latent shape the zoo's base model; with model.pretrained the "
+                        "network is the pretrained one: remove one of them")
     if not 4 <= m.resolution <= 512:
         raise UserError(f"config: model.resolution {m.resolution} is outside 4..512")
     if q.reference_split not in ("train", "test"):
@@ -369,9 +372,17 @@ def _validate_data(config: SweepConfig) -> None:
         from bench import pretrained
 
         try:
-            shape = tuple(pretrained.describe(m.pretrained)["image_shape"])
+            info = pretrained.describe(m.pretrained)
         except UserError as exc:
             raise UserError(f"config: {exc}") from None
+        shape, classes = tuple(info["image_shape"]), info["num_classes"]
+        if (m.conditioning == "class") != bool(classes):
+            raise UserError(f"config: model.pretrained {m.pretrained!r} is "
+                            + (f"class-conditional ({classes} classes): set model.conditioning = 'class'" if classes
+                               else "unconditional (no label input): remove model.conditioning"))
+        if classes and classes != reference.num_classes:
+            raise UserError(f"config: model.pretrained {m.pretrained!r} takes {classes} classes; model.dataset "
+                            f"{m.dataset} has {reference.num_classes or 'no labels'} (class accuracy judges those)")
         if shape != reference.shape:
             raise UserError(f"config: model.pretrained {m.pretrained!r} takes {'×'.join(map(str, shape))} images; "
                             f"model.dataset {m.dataset} at model.resolution {m.resolution} gives "

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.errors import UserError
 
-SUPPORTED_CLASSES = ("UNet2DModel",)
+SUPPORTED_CLASSES = ("UNet2DModel", "DiTTransformer2DModel")
 _HUB_FILES = ["model_index.json", "*.json", "unet/*", "scheduler/*", "diffusion_pytorch_model*"]
 
 
@@ -62,9 +62,23 @@ def describe(source: str) -> dict[str, Any]:
         shape = (int(network["in_channels"]), int(network["sample_size"]), int(network["sample_size"]))
     except (KeyError, TypeError, ValueError):
         raise UserError(f"model.pretrained {source!r}: its config has no integer in_channels/sample_size") from None
+    if (folder / "vae" / "config.json").is_file():
+        raise UserError(f"model.pretrained {source!r} is a latent model (it has a vae/ folder); pretrained latent "
+                        "models are not supported yet: the zoo's latent DiT is (model.latent)")
     return {"source": source if not is_local(source) else str(folder), "weights_sha256": weights_sha256(*weights),
             "network": {k: v for k, v in network.items() if not k.startswith("_")},
-            "schedule": {k: v for k, v in schedule.items() if not k.startswith("_")}, "image_shape": shape}
+            "schedule": {k: v for k, v in schedule.items() if not k.startswith("_")}, "image_shape": shape,
+            "arch": "dit" if kind == "DiTTransformer2DModel" else "unet", "num_classes": label_classes(network, kind)}
+
+
+def label_classes(network: dict[str, Any], kind: str) -> int | None:
+    """The classes a pretrained network's label input takes, the null class (guidance's) not counted: a DiT's
+    ``num_embeds_ada_norm`` (its table adds the null row), a U-Net's ``num_class_embeds`` less its last row, which
+    the harness reads as the null class (the zoo's convention). None: no label input."""
+    if kind == "DiTTransformer2DModel":
+        return int(network["num_embeds_ada_norm"])
+    rows = network.get("num_class_embeds")
+    return int(rows) - 1 if rows else None
 
 
 def _read_json(path: Path, source: str) -> dict[str, Any]:

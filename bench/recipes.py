@@ -108,10 +108,11 @@ def pretrained_recipe(source: str, dataset: str = "mnist", resolution: int = 16,
 
     info = pretrained.describe(source)
     label = data.safe_label(PurePosixPath(info["source"]).name, 40) or "model"
-    return Recipe(name=f"{dataset}{resolution}-pretrained-unet-{label}", objective="pretrained", dataset=dataset,
-                  resolution=resolution, network=info["network"], schedule=info["schedule"], steps=budget_steps,
-                  batch=batch, lr=1e-3, seed=seed, ema_decay=0.999,
-                  options={"source": info["source"], "weights_sha256": info["weights_sha256"]})
+    classes = {"num_classes": info["num_classes"]} if info["num_classes"] else {}  # what makes it class-conditional
+    return Recipe(name=f"{dataset}{resolution}-pretrained-{info['arch']}-{label}", objective="pretrained",
+                  dataset=dataset, resolution=resolution, network=info["network"], schedule=info["schedule"],
+                  steps=budget_steps, batch=batch, lr=1e-3, seed=seed, ema_decay=0.999,
+                  options={"source": info["source"], "weights_sha256": info["weights_sha256"], **classes})
 
 
 def classifier_recipe(dataset: str = "mnist", resolution: int = 16, steps: int = 1500, seed: int = 0) -> Recipe:

@@ -749,10 +749,11 @@ def technique_sections(df: pd.DataFrame, against: pd.DataFrame | None = None,
     return "\n".join(out) or "<p>No technique contributed a section.</p>"
 
 
-def guidance_section(ok: pd.DataFrame) -> str:
-    """For class-conditional cells: FID against class accuracy as the guidance scale grows (one curve per series
-    and step count, Ho & Salimans' trade-off), and each cell guided on part of the chain against full guidance at the
-    same scale and steps (NFE saved, paired ΔFID and Δ class accuracy)."""
+def guidance_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
+    """For class-conditional cells: FID against class accuracy as the guidance scale grows (one panel per step count,
+    one curve per series: Ho & Salimans' trade-off), each cell guided on part of the chain against full guidance at
+    the same scale and steps, and each cell guided by its network's own w input (a guidance-distilled student)
+    against the reference series guided at the same w, at equal steps, at equal NFE and at equal quality."""
     from bench.compare import Comparer
 
     if "guidance" not in ok or "class_accuracy" not in ok:
@@ -764,56 +765,112 @@ def guidance_section(ok: pd.DataFrame) -> str:
     rows = rows.assign(w=g["scale"], guider=g["guider"], start=g["start"], stop=g["stop"],
                        family=series_labels(rows, varying_params(rows)).map(lambda t: t.split(" w=")[0]))
     full = rows[(rows["start"] == 0.0) & (rows["stop"] == 1.0)]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (family, guider, steps), curve in full.groupby(["family", "guider", "steps"]):
-        curve = curve.sort_values("w")
-        ax.errorbar(curve["class_accuracy"], curve["fid"],
-                    yerr=[curve["fid"] - curve["fid_ci_low"], curve["fid_ci_high"] - curve["fid"]],
-                    xerr=[curve["class_accuracy"] - curve["class_accuracy_ci_low"],
-                          curve["class_accuracy_ci_high"] - curve["class_accuracy"]],
-                    marker="o", capsize=2, label=f"{family} {guider}, {steps} steps")
-        for _, r in curve.iterrows():
-            ax.annotate(f"w={r['w']:g}", (r["class_accuracy"], r["fid"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("class accuracy of the offline classifier (higher: more class-faithful)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title("Guidance trade-off: FID against class accuracy as w grows")
-    ax.legend(fontsize=7)
     out = ["<p>Each image is of class seed mod 10 (class-balanced, paired seed by seed); w = 1 is unguided (one "
-           "network evaluation per step), every other w evaluates the network on the label and on the null class. "
-           "Class accuracy: the fraction of images the offline classifier assigns the requested class, with "
-           "Wilson's 95% interval; FID with its bootstrap interval.</p>", f"<div class='fig'>{figure_svg(fig)}</div>"]
-    plt.close(fig)
+           "network evaluation per step), every other w evaluates the network on the label and on the null class, "
+           "except in a guidance-distilled network, which takes w as an input (one evaluation). Class accuracy: the "
+           "fraction of images the offline classifier assigns the requested class, with Wilson's 95% interval; FID "
+           "with its bootstrap interval.</p>", f"<div class='fig'>{_trade_off_figure(full)}</div>"]
+    comparer = Comparer()
     partial = rows[(rows["start"] != 0.0) | (rows["stop"] != 1.0)]
-    if not partial.empty:
-        comparer, lines = Comparer(), []
-        for _, r in partial.iterrows():
-            match = full[(full["family"] == r["family"]) & (full["guider"] == r["guider"]) & (full["w"] == r["w"])
-                         & (full["steps"] == r["steps"]) & (full["hardware"] == r["hardware"])
-                         if "hardware" in full else (full["family"] == r["family"]) & (full["w"] == r["w"])
-                         & (full["steps"] == r["steps"])]
-            if match.empty:
-                continue
+    lines = []
+    for _, r in partial.iterrows():
+        match = full[(full["family"] == r["family"]) & (full["guider"] == r["guider"]) & (full["w"] == r["w"])
+                     & (full["steps"] == r["steps"]) & _same_hardware(full, r)]
+        d = _paired(comparer, match, r)
+        if d is not None:
             base = match.iloc[0]
-            try:
-                d = comparer.compare(base, r)
-            except UserError:
-                continue
-            acc = d.get("class_accuracy")
             lines.append({"series": r["family"], "steps": r["steps"], "w": r["w"],
                           "interval": f"[{r['start']:g}, {r['stop']:g})", "NFE": r["nfe"], "NFE full": base["nfe"],
                           "NFE saved": f"{1 - r['nfe'] / base['nfe']:.0%}", "FID": r["fid"], "FID full": base["fid"],
-                          "ΔFID [95% CI]": _interval(d["fid"].delta, d["fid"].low, d["fid"].high),
-                          "ΔFID verdict": d["fid"].verdict,
-                          "Δ class acc. [95% CI]": _interval(acc.delta, acc.low, acc.high, ".3f") if acc else None,
-                          "Δ acc. verdict": acc.verdict if acc else None})
-        if lines:
-            out.append("<p>Guidance on part of the chain (the guider's start/stop, fractions of the steps) against "
-                       "full guidance at the same w and steps: Δ = interval − full, paired over the same seeds.</p>"
-                       + pd.DataFrame(lines).to_html(index=False, escape=True, na_rep="",
-                                                     float_format=lambda v: f"{v:.4g}"))
+                          **_paired_columns(d)})
+    if lines:
+        out.append("<p>Guidance on part of the chain (the guider's start/stop, fractions of the steps) against "
+                   "full guidance at the same w and steps: Δ = interval − full, paired over the same seeds.</p>"
+                   + _html_table(lines))
+    lines = _embedded_guidance_lines(comparer, full, reference)
+    if lines:
+        out.append("<p>Guidance-distilled networks (w is their input: one evaluation per step) against the reference "
+                   f"series ({_esc(reference)}) guided at the same w: at equal steps (the teacher spends twice the "
+                   "NFE), at equal NFE (the teacher at half the steps), and the cheapest reference cell at any w "
+                   "whose FID is at least as good (equal quality). Δ = student − reference, paired.</p>"
+                   + _html_table(lines))
     return "\n".join(out)
+
+
+def _trade_off_figure(full: pd.DataFrame) -> str:
+    plt = _pyplot()
+    counts = sorted(full["steps"].unique())
+    cols = min(3, len(counts))
+    fig, axes = plt.subplots((len(counts) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.6 * (
+        (len(counts) + cols - 1) // cols)), squeeze=False, sharex=True)
+    for ax, steps in zip(axes.flat, counts, strict=False):
+        for (family, guider), curve in full[full["steps"] == steps].groupby(["family", "guider"]):
+            curve = curve.sort_values("w")
+            ax.errorbar(curve["class_accuracy"], curve["fid"],
+                        yerr=[curve["fid"] - curve["fid_ci_low"], curve["fid_ci_high"] - curve["fid"]],
+                        xerr=[curve["class_accuracy"] - curve["class_accuracy_ci_low"],
+                              curve["class_accuracy_ci_high"] - curve["class_accuracy"]],
+                        marker="o", capsize=2, label=f"{family} {guider}")
+            for _, r in curve.iterrows():
+                ax.annotate(f"w={r['w']:g}", (r["class_accuracy"], r["fid"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=6)
+        ax.set_title(f"{steps} step{'s' if steps != 1 else ''}", fontsize=9)
+        ax.set_ylabel("FID (lower is better)", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(counts):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("class accuracy (higher: more class-faithful)", fontsize=8)
+    fig.suptitle("Guidance trade-off: FID against class accuracy as w grows")
+    fig.tight_layout()
+    svg = figure_svg(fig)
+    plt.close(fig)
+    return svg
+
+
+def _same_hardware(rows: pd.DataFrame, row: pd.Series) -> pd.Series:
+    return rows["hardware"] == row["hardware"] if "hardware" in rows else pd.Series(True, index=rows.index)
+
+
+def _paired(comparer: Any, match: pd.DataFrame, row: pd.Series) -> dict[str, Any] | None:
+    """Δ = row − the first matching cell, or None where there is none or they cannot be paired."""
+    if match.empty:
+        return None
+    try:
+        return comparer.compare(match.iloc[0], row)
+    except UserError:
+        return None
+
+
+def _paired_columns(d: dict[str, Any]) -> dict[str, Any]:
+    acc = d.get("class_accuracy")
+    return {"ΔFID [95% CI]": _interval(d["fid"].delta, d["fid"].low, d["fid"].high), "ΔFID verdict": d["fid"].verdict,
+            "Δ class acc. [95% CI]": _interval(acc.delta, acc.low, acc.high, ".3f") if acc else None,
+            "Δ acc. verdict": acc.verdict if acc else None}
+
+
+def _html_table(lines: list[dict[str, Any]]) -> str:
+    return pd.DataFrame(lines).to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.4g}")
+
+
+def _embedded_guidance_lines(comparer: Any, full: pd.DataFrame, reference: str) -> list[dict[str, Any]]:
+    embedded = full[full["observations"].map(lambda o: "W" in str((o or {}).get("guidance_pattern", "")))]
+    refs = full[in_series(full, reference)] if not embedded.empty else full.iloc[0:0]
+    lines = []
+    for _, r in embedded.sort_values(["family", "w", "steps"]).iterrows():
+        same = refs[(refs["w"] == r["w"]) & (refs["guider"] == r["guider"]) & _same_hardware(refs, r)]
+        good = refs[(refs["fid"] <= r["fid"]) & _same_hardware(refs, r)].sort_values(["nfe", "fid"])
+        for against, match in (("equal steps", same[same["steps"] == r["steps"]]),
+                               ("equal NFE", same[same["nfe"] == r["nfe"]]), ("equal quality", good)):
+            d = _paired(comparer, match, r)
+            if d is None:
+                continue
+            base = match.iloc[0]
+            lines.append({"student": r["family"], "w": r["w"], "steps": r["steps"], "NFE": r["nfe"],
+                          "FID": r["fid"], "against": against, "reference w": base["w"],
+                          "reference steps": base["steps"], "reference NFE": base["nfe"], "reference FID": base["fid"],
+                          "NFE ratio": round(r["nfe"] / base["nfe"], 3), **_paired_columns(d)})
+    return lines
 
 
 def claims_section(technique: str, rows: pd.DataFrame) -> str:
@@ -1020,7 +1077,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
                  "fit against 1/N (Chong &amp; Forsyth 2020). KID is in squared feature units of the extractor "
                  "(polynomial kernel), comparable only between rows of one extractor.</p>"
                  + cells_table(df, stale, against))
-    guided = guidance_section(ok) if not ok.empty else ""
+    guided = guidance_section(ok, reference) if not ok.empty else ""
     if guided:
         parts.append("<h2 id='guidance'>Guidance: quality against class accuracy</h2>" + guided)
     parts.append("<h2 id='samples'>Samples</h2>" + (sample_matrix(ok) if not ok.empty else "<p>None.</p>"))

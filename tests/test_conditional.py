@@ -88,7 +88,7 @@ def test_guidance_distilled_students_guide_with_one_evaluation_per_step(conditio
         assert row["flops_per_image"] == row["nfe"] * row["flops_per_call"]
         # one evaluation costs the teacher's plus the guidance embedding's small MLP
         assert teacher["flops_per_call"] < row["flops_per_call"] < 1.05 * teacher["flops_per_call"]
-    progressive = rows[rows["params"].map(lambda p: p["method"] == "progressive")].iloc[0]
+    progressive = rows[rows["param_method"] == "progressive"].iloc[0]
     assert set(progressive["artifacts"]) == {"model", "student1"}
     assert progressive["artifacts"]["student1"]["recipe"].endswith("-gd1-3-pd1")
 
@@ -147,7 +147,7 @@ def test_unsupported_technique_is_skipped_with_its_reason_and_never_trained(cond
     row = df[df["technique"] == "distillation"].iloc[0]
     assert row["status"] == "skipped"
     assert "distillation does not support class models" in row["reason"]
-    assert "pd1" not in stdout  # no student was trained for it
+    assert "-class-pd1" not in stdout  # no student was trained for it (guidance distillation's is -gd1-3-pd1)
 
 
 def test_report_draws_the_guidance_trade_off(conditional_sweep) -> None:
@@ -296,6 +296,9 @@ def test_latent_cells_count_the_decode_apart_from_the_denoiser(latent_sweep) -> 
         assert row["flops_per_image"] == stages["denoiser"] + stages["decode"]
         assert row["decode_ms_per_image"] > 0
         assert "the VAE decode of every image" in row["latency_includes"]
+    student = df[df["technique"] == "guidance_distillation"].iloc[0]  # distilled on the latents, decoded the same
+    assert student["status"] == "ok" and student["nfe_by_network"] == {"student": 3, "decode": 1}
+    assert student["observations"]["guidance_pattern"] == "WWW"
 
 
 def test_latent_model_samples_in_latent_space_and_decodes_to_pixels() -> None:
@@ -311,3 +314,46 @@ def test_latent_model_samples_in_latent_space_and_decodes_to_pixels() -> None:
     with torch.no_grad():
         x = images(generators(range(3)))
     assert x.shape == (3, 1, 8, 8) and x.abs().max() <= 1
+
+
+def _pretrained_config(tmp_path: Path, folder: Path, conditioning: bool = True) -> Path:
+    text = CONFIG.read_text().replace('arch = "dit"\n', f'pretrained = "{folder}"\n')
+    if not conditioning:  # and no guidance, which needs it
+        text = "".join(line for line in text.replace('conditioning = "class"\n', "").splitlines(keepends=True)
+                       if not line.startswith("guidance"))
+    config = tmp_path / "pretrained.toml"
+    config.write_text(text.split("[[technique]]\nname = \"distillation\"")[0])  # the samplers' entry only
+    return config
+
+
+def test_a_pretrained_class_conditional_dit_is_sampled_guided(tiny_dit, tmp_path: Path) -> None:
+    """A user's class-conditional DiT folder (diffusers layout) as the base: labels by seed, guidance, class
+    accuracy, the model addressed by its weights hash."""
+    from bench import store
+    from bench.model import save_denoiser
+
+    folder = tmp_path / "my dit"
+    save_denoiser(tiny_dit, folder)
+    result = run_cli("sweep", "--config", str(_pretrained_config(tmp_path, folder)), "--results",
+                     str(tmp_path / "results"), "--report", str(tmp_path / "r.html"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    df = store.load(tmp_path / "results")
+    assert set(df["status"]) == {"ok"} and len(df) == 3  # w = 1, w = 3, w = 3 on [0.34, 1)
+    assert df["model"].map(lambda m: m["recipe"].startswith("digits8-pretrained-dit-")).all()
+    guided = _cell(df, 3.0)
+    assert guided["nfe"] == 6 and 0.0 <= guided["class_accuracy"] <= 1.0
+    assert guided["conditions"]["num_classes"] == 10
+
+
+def test_a_pretrained_models_kind_must_match_the_config(tiny_dit, tiny_base, tmp_path: Path) -> None:
+    from bench.model import save_denoiser
+
+    save_denoiser(tiny_dit, tmp_path / "dit")
+    save_denoiser(train.load_artifact(tiny_base, progress=False)[0], tmp_path / "unet")
+    for folder, conditional, message in ((tmp_path / "dit", False, "is class-conditional (10 classes): set "
+                                                                     "model.conditioning = 'class'"),
+                                          (tmp_path / "unet", True, "is unconditional (no label input)")):
+        config = _pretrained_config(tmp_path, folder, conditional)
+        result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / "r"), "--dry-run")
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

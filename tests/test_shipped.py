@@ -28,8 +28,9 @@ def test_bench_train_finds_every_shipped_artifact_up_to_date() -> None:
     # optimiser) and three consistency students (LCM's, mu = 0, pseudo-Huber); the dual network's gate fine-tunes
     # (paper and balanced loss), its warm start from the baseline and the two networks' time-only gates; the GAN
     # priors at T' = 300 and 500; the class-conditional models (issue #20): the DiT, the U-Net, the autoencoder and the
-    # latent DiT on its latents; the DiT's guidance-distilled student and its three progressive students
-    assert len(shipped) == 38
+    # latent DiT on its latents; the DiT's and the U-Net's guidance-distilled students and their three progressive
+    # students each
+    assert len(shipped) == 42
     found = set()
     configs = ROOT / "bench" / "configs"
     studies = [["--config", str(configs / f"{name}.toml")]
