@@ -31,7 +31,7 @@ import pandas as pd
 
 from bench import stats
 from bench.errors import UserError
-from bench.store import load_features
+from bench.store import features_agree, load_features
 
 DRAWS = 500  # bootstrap draws: the standard error of a 95% half-width is ≈ 3% at 500
 HARDWARE_AXES = ("device", "dtype", "threads", "compile", "batch", "machine")
@@ -56,13 +56,34 @@ def comparable(a: Any, b: Any) -> str | None:
     for name, row in (("A", a), ("B", b)):
         if _entry(row, "generated") is None or _entry(row, "reference") is None:
             return f"cell {name} ({row.get('spec_hash')}) has no stored features (recorded before features were kept)"
-    if _entry(a, "reference")["sha256"] != _entry(b, "reference")["sha256"]:
+    if _entry(a, "reference")["sha256"] != _entry(b, "reference")["sha256"] and not _same_reference(a, b):
         return "the cells were scored against different reference features (reference set or extractor differ)"
     if a.get("extractor_sha256") != b.get("extractor_sha256"):
         return "the cells used different feature extractors"
     if _entry(a, "generated")["seeds"][0] != _entry(b, "generated")["seeds"][0]:
         return "the cells start at different seeds, so their images are not paired"
     return None
+
+
+def _same_reference(a: Any, b: Any) -> bool:
+    """Two copies of one reference set's features (computed on two machines): equal to float16 precision."""
+    try:
+        return features_agree(load_features(a["store"], _entry(a, "reference")),
+                              load_features(b["store"], _entry(b, "reference")))
+    except (UserError, KeyError, TypeError):
+        return False
+
+
+def _scored_against(row: Any, other: Any) -> Any:
+    """``row`` with ``other``'s reference features (an absolute path), so both cells of a pair share one copy."""
+    entry = _entry(other, "reference")
+    entry = {**entry, "file": str((Path(other["store"]) / entry["file"]).resolve())}
+    features = {**row["features"], "reference": entry}
+    if isinstance(row, pd.Series):
+        row = row.copy()
+        row["features"] = features
+        return row
+    return {**row, "features": features}
 
 
 @dataclass
@@ -130,6 +151,8 @@ class Comparer:
         why = comparable(reference, candidate)
         if why:
             raise UserError(f"cannot compare {reference.get('spec_hash')} with {candidate.get('spec_hash')}: {why}")
+        if _entry(reference, "reference")["sha256"] != _entry(candidate, "reference")["sha256"]:
+            candidate = _scored_against(candidate, reference)
         common = min(_entry(reference, "generated")["shape"][0], _entry(candidate, "generated")["shape"][0])
         if n is not None and n > common:
             raise UserError(f"the cells share {common} seeds, fewer than the {n} asked for")

@@ -773,12 +773,12 @@ def guidance_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> st
     comparer = Comparer()
     partial = rows[(rows["start"] != 0.0) | (rows["stop"] != 1.0)]
     lines = []
-    for _, r in partial.iterrows():
+    for _, r in _distinct_cells(partial).iterrows():
         match = full[(full["family"] == r["family"]) & (full["guider"] == r["guider"]) & (full["w"] == r["w"])
                      & (full["steps"] == r["steps"]) & _same_hardware(full, r)]
-        d = _paired(comparer, match, r)
-        if d is not None:
-            base = match.iloc[0]
+        paired = _paired(comparer, match, r)
+        if paired is not None:
+            base, d = paired
             lines.append({"series": r["family"], "steps": r["steps"], "w": r["w"],
                           "interval": f"[{r['start']:g}, {r['stop']:g})", "NFE": r["nfe"], "NFE full": base["nfe"],
                           "NFE saved": f"{1 - r['nfe'] / base['nfe']:.0%}", "FID": r["fid"], "FID full": base["fid"],
@@ -832,14 +832,26 @@ def _same_hardware(rows: pd.DataFrame, row: pd.Series) -> pd.Series:
     return rows["hardware"] == row["hardware"] if "hardware" in rows else pd.Series(True, index=rows.index)
 
 
-def _paired(comparer: Any, match: pd.DataFrame, row: pd.Series) -> dict[str, Any] | None:
-    """Δ = row − the first matching cell, or None where there is none or they cannot be paired."""
-    if match.empty:
-        return None
-    try:
-        return comparer.compare(match.iloc[0], row)
-    except UserError:
-        return None
+def _paired(comparer: Any, match: pd.DataFrame, row: pd.Series) -> tuple[pd.Series, dict[str, Any]] | None:
+    """(the first matching cell that pairs with ``row``, Δ = row − it), or None where none does (scored against
+    another copy of the reference features, say: the same cell measured on another machine may)."""
+    for _, base in match.iterrows():
+        try:
+            return base, comparer.compare(base, row)
+        except UserError:
+            continue
+    return None
+
+
+def _distinct_cells(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment: the same cell measured on several machines has the same images and quality."""
+    from bench.compare import match_key
+
+    if rows.empty:
+        return rows
+    newest_first = rows.sort_values("written_at", ascending=False) if "written_at" in rows else rows
+    keys = newest_first.apply(lambda r: match_key(r, ("machine",)), axis=1)
+    return newest_first[~keys.duplicated()].sort_index()
 
 
 def _paired_columns(d: dict[str, Any]) -> dict[str, Any]:
@@ -857,15 +869,15 @@ def _embedded_guidance_lines(comparer: Any, full: pd.DataFrame, reference: str) 
     embedded = full[full["observations"].map(lambda o: "W" in str((o or {}).get("guidance_pattern", "")))]
     refs = full[in_series(full, reference)] if not embedded.empty else full.iloc[0:0]
     lines = []
-    for _, r in embedded.sort_values(["family", "w", "steps"]).iterrows():
+    for _, r in _distinct_cells(embedded).sort_values(["family", "w", "steps"]).iterrows():
         same = refs[(refs["w"] == r["w"]) & (refs["guider"] == r["guider"]) & _same_hardware(refs, r)]
         good = refs[(refs["fid"] <= r["fid"]) & _same_hardware(refs, r)].sort_values(["nfe", "fid"])
         for against, match in (("equal steps", same[same["steps"] == r["steps"]]),
                                ("equal NFE", same[same["nfe"] == r["nfe"]]), ("equal quality", good)):
-            d = _paired(comparer, match, r)
-            if d is None:
+            paired = _paired(comparer, match, r)
+            if paired is None:
                 continue
-            base = match.iloc[0]
+            base, d = paired
             lines.append({"student": r["family"], "w": r["w"], "steps": r["steps"], "NFE": r["nfe"],
                           "FID": r["fid"], "against": against, "reference w": base["w"],
                           "reference steps": base["steps"], "reference NFE": base["nfe"], "reference FID": base["fid"],
@@ -1093,7 +1105,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
 
 def report_key(sources: Sequence[Path | str], title: str, pool_hardware: bool, reference: str,
                df: pd.DataFrame) -> str:
-    """What a report depends on: every record file (name, size, mtime), the options, the report code and the
+    """What a report depends on: every record file (name, size, mtime), the options, the harness's code and the
     installed versions of the techniques whose sections it draws. Equal keys render equal pages (bar the date)."""
     import hashlib
 
@@ -1102,7 +1114,8 @@ def report_key(sources: Sequence[Path | str], title: str, pool_hardware: bool, r
     files = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for src in sources
                    for p in Path(src).rglob("records/*.json"))
     versions = registry.installed_versions(df["technique"].dropna().unique()) if "technique" in df else {}
-    code = Path(__file__).read_bytes()
+    # the whole package, not this file alone: the page's numbers come from compare, stats and the store too
+    code = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.rglob("*.py")))
     payload = json.dumps([files, title, pool_hardware, reference, sorted(versions.items())], default=str)
     return hashlib.sha256(code + payload.encode()).hexdigest()[:24]
 

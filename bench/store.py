@@ -101,16 +101,41 @@ class Store:
         os.replace(tmp.name, path)
 
     def save_features(self, name: str, features: np.ndarray | torch.Tensor) -> dict[str, Any]:
-        """Keep ``features`` (rows are images) as float16 ``features/<name>.npy``; returns what the record keeps
-        about them: the relative path, sha256 of the file's bytes, shape and dtype."""
+        """Keep ``features`` (rows are images) as float16 ``features/<name>.npy`` (``<name>-<sha256 prefix>.npy``
+        when that name already holds other bytes, which records may point at); returns what the record keeps about
+        them: the relative path, sha256 of the file's bytes, shape and dtype."""
         data = features_bytes(features)
-        relative = f"features/{name}.npy"
         sha = hashlib.sha256(data).hexdigest()
+        relative = f"features/{name}.npy"
         existing = self.root / relative
+        if existing.is_file() and hashlib.sha256(existing.read_bytes()).hexdigest() != sha:
+            # Stored records hold the old file's sha256 (the same reference recomputed on another CPU differs in the
+            # last bits): overwriting it would corrupt them, so the new bytes go beside it, named by their content.
+            relative = f"features/{name}-{sha[:12]}.npy"
+            existing = self.root / relative
         if not (existing.is_file() and hashlib.sha256(existing.read_bytes()).hexdigest() == sha):
             self.save_file(relative, data)
         shape = list(np.asarray(features).shape)
         return {"file": relative, "sha256": sha, "shape": shape, "dtype": FEATURE_DTYPE}
+
+    def features_agreeing(self, name: str, features: np.ndarray | torch.Tensor
+                          ) -> tuple[dict[str, Any], torch.Tensor] | None:
+        """The stored ``features/<name>.npy`` (its record entry and values) where it holds these features to
+        float16 precision, else None. The same reference set's features recomputed on another CPU differ in the last
+        bits; cells scored against one stored copy stay paired across machines."""
+        path = self.root / f"features/{name}.npy"
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        try:
+            values = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError:
+            return None
+        if values.dtype != np.dtype(FEATURE_DTYPE) or not features_agree(values, np.asarray(features)):
+            return None
+        entry = {"file": f"features/{name}.npy", "sha256": hashlib.sha256(data).hexdigest(),
+                 "shape": list(values.shape), "dtype": FEATURE_DTYPE}
+        return entry, torch.from_numpy(values.astype(np.float32))
 
     def save_samples(self, spec_hash: str, images: torch.Tensor, count: int = 16) -> str:
         """Save the first ``count`` images (uint8 NCHW) as a PNG grid; returns its path relative to the store."""
@@ -132,6 +157,16 @@ def features_bytes(features: np.ndarray | torch.Tensor) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(features, dtype=FEATURE_DTYPE), allow_pickle=False)
     return buf.getvalue()
+
+
+def features_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """True where two feature arrays are the same to float16 precision: every value at most one float16 step apart
+    (the same images' features computed on two CPUs round to neighbouring float16 values)."""
+    if a.shape != b.shape:
+        return False
+    a16, b16 = np.asarray(a, dtype=FEATURE_DTYPE), np.asarray(b, dtype=FEATURE_DTYPE)
+    step = np.maximum(np.abs(np.spacing(a16)), np.abs(np.spacing(b16))).astype(np.float64)
+    return bool(np.all(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) <= step))
 
 
 def load_features(store_root: Path | str, entry: dict[str, Any]) -> np.ndarray:

@@ -236,3 +236,54 @@ def test_report_shows_decided_differences_against_the_reference(tiny_sweep) -> N
     body = page.split("id='cell-table'")[1].split("<tbody>")[1].split("</tbody>")[0]
     values = [re.findall(r"data-v='([^']*)'", row)[column] for row in body.split("<tr")[1:]]
     assert values and all(float(v) >= 0 for v in values)
+
+
+def _with_reference(src: Path, dst: Path, change) -> None:
+    """A copy of a store whose records point at a changed copy of the reference features (saved beside the
+    original, as a sweep on another machine saves its own)."""
+    shutil.copytree(src, dst)
+    for path in (dst / "records").glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["status"] == "ok":
+            entry = record["features"]["reference"]
+            ref = store.load_features(dst, entry).astype(np.float16)
+            record["features"]["reference"] = store.Store(dst).save_features("ref-copy", change(ref))
+            path.write_text(json.dumps(record))
+
+
+def test_cells_scored_against_another_machines_copy_of_the_reference_still_pair(tiny_sweep, tmp_path: Path) -> None:
+    """The same reference recomputed on another CPU differs in its last bits: one float16 step is the same set."""
+    root, df, _ = tiny_sweep
+    a_store = root / "results" / "tiny"
+    a = store.load(a_store)
+    row_a = a[(a["status"] == "ok")].iloc[0]
+
+    def nudged(ref: np.ndarray) -> np.ndarray:  # a few values one float16 step up
+        out = ref.copy()
+        out.flat[::97] = np.nextafter(out.flat[::97], np.float16(np.inf))
+        return out
+
+    _with_reference(a_store, tmp_path / "other_cpu", nudged)
+    b = store.load(tmp_path / "other_cpu")
+    row_b = b[b["spec_hash"] == row_a["spec_hash"]].iloc[0]
+    assert row_b["features"]["reference"]["sha256"] != row_a["features"]["reference"]["sha256"]
+    assert compare.comparable(row_a, row_b) is None
+    d = compare.Comparer(draws=50, cache=False).compare(row_a, row_b)
+    assert d["fid"].verdict == "same" and d["fid"].delta == 0  # the same images against one shared copy
+
+    _with_reference(a_store, tmp_path / "other_set", lambda ref: ref + np.float16(0.5))
+    c = store.load(tmp_path / "other_set")
+    row_c = c[c["spec_hash"] == row_a["spec_hash"]].iloc[0]
+    assert "different reference features" in compare.comparable(row_a, row_c)
+
+
+def test_a_sweep_on_another_machine_scores_against_the_stored_reference(tmp_path: Path) -> None:
+    s = store.Store(tmp_path)
+    s.prepare()
+    ref = _features(40, d=8).astype(np.float16).astype(np.float32)
+    entry = s.save_features("ref", ref)
+    recomputed = ref + np.abs(np.spacing(ref.astype(np.float16))).astype(np.float32) * 0.4  # rounds back or one up
+    found = s.features_agreeing("ref", recomputed)
+    assert found is not None and found[0] == entry
+    np.testing.assert_array_equal(found[1].numpy(), ref)
+    assert s.features_agreeing("ref", ref + 0.5) is None and s.features_agreeing("other", ref) is None

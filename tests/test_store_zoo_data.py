@@ -52,6 +52,19 @@ def test_unwritable_results_dir_is_a_user_error(tmp_path: Path) -> None:
         store.Store(blocker / "sub").prepare()
 
 
+def test_features_under_a_taken_name_never_overwrite_what_records_point_at(tmp_path: Path) -> None:
+    """The same reference recomputed on another CPU differs in its last bits: both files stay loadable."""
+    s = store.Store(tmp_path)
+    s.prepare()
+    first = s.save_features("ref-set", np.zeros((3, 2)))
+    second = s.save_features("ref-set", np.full((3, 2), 1e-3))
+    assert first["file"] == "features/ref-set.npy" and second["file"] != first["file"]
+    assert second["sha256"][:12] in second["file"]
+    np.testing.assert_array_equal(store.load_features(tmp_path, first), 0.0)
+    assert store.load_features(tmp_path, second)[0, 0] == pytest.approx(1e-3, rel=1e-3)
+    assert s.save_features("ref-set", np.zeros((3, 2))) == first  # same bytes again: the original name
+
+
 def test_recipe_key_covers_every_field() -> None:
     base = recipes.denoiser_recipe()
     variants = [recipes.denoiser_recipe(steps=10), recipes.denoiser_recipe(seed=1), recipes.denoiser_recipe(batch=8),
