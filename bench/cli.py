@@ -114,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     verdicts.add_argument("--technique", help="only this technique's claims")
     verdicts.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
 
+    support = sub.add_parser(
+        "support", help="which training-free technique (samplers, accelerations) runs on which model and device",
+        description="Try every registered technique that needs no training on the zoo's networks (built untrained: "
+                    "support is structural) on each device, sampling one image in two steps, and print the matrix "
+                    "as Markdown: runs, skipped with the library's reason, or the error. The README's table is this "
+                    "command's output.")
+    support.add_argument("--device", action="append", help="a device to try (repeatable; default: cpu and cuda)")
     sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions, the "
                                       "model kinds each supports")
 
@@ -297,6 +304,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _support(args: argparse.Namespace) -> int:
+    from bench import support, verdicts
+
+    print(verdicts.markdown(support.matrix(on=args.device)))
+    return 0
+
+
 def _techniques(args: argparse.Namespace) -> int:
     from bench import registry
     from techniques import BUILTIN
@@ -355,5 +369,5 @@ def _derive_mnist(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "compare": _compare, "machines": _machines,
-             "verdicts": _verdicts, "techniques": _techniques,
+             "verdicts": _verdicts, "techniques": _techniques, "support": _support,
              "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist}

@@ -174,6 +174,11 @@ def check_seed_determinism(ctx: Context) -> None:
             other = pipe.sample(generators([7, 3]), None)
         hint = ("draw all randomness from the per-sample generators you are given (bench.sampling.noise_like), "
                 "never from the global RNG or one batched draw")
+        if pipe.batch_dependent:  # declared: the same batch must still give the same images
+            with torch.no_grad():
+                again = pipe.sample(generators([0, 1, 2, 3]), None)
+            _require(torch.equal(full, again), f"{params}: the same batch twice gave different images")
+            continue
         _require(torch.allclose(full[2:], part, atol=1e-4, rtol=1e-4),
                  f"{params}: images change with the batch they are in; {hint}")
         _require(torch.allclose(other[1], part[1], atol=1e-4, rtol=1e-4),
@@ -193,8 +198,8 @@ def check_model_kinds(ctx: Context) -> None:
              f"model_kinds = {kinds!r}: declare a non-empty subset of {MODEL_KINDS}")
     if "class" not in kinds:
         return
-    conditional = ctx if ctx.base.options.get("num_classes") else Context(ctx.name, ctx.technique,
-                                                                         _tiny_base(conditional=True))
+    conditional = ctx if ctx.base.options.get("num_classes") else Context(
+        ctx.name, ctx.technique, _tiny_base(conditional=True, arch=ctx.technique.contract_arch))
     for params in conditional.variants():
         steps = conditional.steps(params, 4)
         calls, patterns = [], []
@@ -207,7 +212,7 @@ def check_model_kinds(ctx: Context) -> None:
             calls.append(sum(recorder.calls.values()) / 2)
             patterns.append(pipe.observe()["guidance_pattern"])
             recorder.remove()
-            _require(torch.allclose(full[2:], part, atol=1e-4, rtol=1e-4),
+            _require(bool(pipe.batch_dependent) or torch.allclose(full[2:], part, atol=1e-4, rtol=1e-4),
                      f"{params}: on a class-conditional model, images change with the batch they are in")
         unguided, guided = patterns
         _require(bool(unguided) and "u" * len(unguided) == unguided and len(guided) == len(unguided)
@@ -219,13 +224,50 @@ def check_model_kinds(ctx: Context) -> None:
                  "class, a guidance-distilled network's (W) once")
 
 
-def _tiny_base(conditional: bool = False) -> zoo.Recipe:
-    """The checks' base models: seconds-trained digits 8×8 ε-models (a U-Net; class-conditional when asked)."""
+def _tiny_base(conditional: bool = False, arch: str = "unet") -> zoo.Recipe:
+    """The checks' base models: seconds-trained digits 8×8 ε-models (a U-Net, class-conditional when asked; or the
+    class-conditional DiT, for techniques that need transformer blocks)."""
     from bench import recipes
 
+    if arch == "dit":
+        return recipes.denoiser_recipe("digits", 8, steps=40, arch="dit", conditioning="class")
     if conditional:
         return recipes.denoiser_recipe("digits", 8, steps=40, conditioning="class")
     return recipes.denoiser_recipe("digits", 8, steps=60)
+
+
+def check_partial_work(ctx: Context) -> None:
+    """A pipeline whose calls may skip work (``Pipeline.uncached``, a feature cache) changes what runs — fewer FLOPs
+    over one image than as many full calls — and two identical batches give identical images (no state carried from
+    one batch into the next)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    changed: dict[str, list[float]] = {}  # per setting but the sampler: the work each sampler's run did
+    for params in ctx.variants():
+        pipe = ctx.pipeline(params, ctx.steps(params, 10))
+        if pipe.uncached is None:
+            continue
+        recorder = CallRecorder(pipe.networks)
+        recorder.count_ran = True
+        try:
+            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+                first = pipe.sample(generators([0, 1]), None)
+            recorder.count_ran = False
+            fraction = recorder.ran_fraction(pipe.uncached)
+            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+                again = pipe.sample(generators([0, 1]), None)
+        finally:
+            recorder.remove()
+        _require(bool(fraction), f"{params}: no call of Pipeline.networks was counted while sampling")
+        setting = {k: v for k, v in dataclasses.asdict(params).items()
+                   if k not in ("sampler", "eta", "timestep_spacing")}
+        changed.setdefault(json.dumps(setting, sort_keys=True, default=str), []).append(min(fraction.values()))
+        _require(torch.equal(first, again), f"{params}: the same batch twice gave different images; reset the "
+                 "cache's state before every sampler call")
+    # a cache whose decisions depend on the images may skip nothing on one sampler's path; with none it is silent
+    for setting, fractions in changed.items():
+        _require(min(fractions) < 1.0, f"{setting}: every call ran its full work with every sampler; the cache "
+                 "hooks changed nothing (a pattern that matches no module, a context never set?)")
 
 
 def check_report_sections(ctx: Context) -> None:
@@ -238,7 +280,8 @@ def check_report_sections(ctx: Context) -> None:
 
 
 CHECKS: list[Callable[[Context], None]] = [check_declaration, check_validate, check_artifacts, check_sampling,
-                                           check_seed_determinism, check_model_kinds, check_report_sections]
+                                           check_seed_determinism, check_model_kinds, check_partial_work,
+                                           check_report_sections]
 
 
 @dataclass
@@ -254,8 +297,12 @@ class Outcome:
 
 def context(name: str, base: zoo.Recipe | None = None) -> Context:
     """The checks' context for registered technique ``name`` over ``base`` (default: the tiny digits ε-model). A
-    technique for conditional models only is checked on the tiny class-conditional twin unless ``base`` is one."""
+    technique for conditional models only is checked on the tiny class-conditional twin unless ``base`` is one; a
+    technique that needs transformer blocks (``contract_arch = "dit"``), on the tiny DiT."""
     technique = registry.get(name)
+    arch = technique.contract_arch
+    if arch != "unet" and (base is None or base.options.get("arch", "unet") != arch):
+        base = _tiny_base(conditional=True, arch=arch)  # the network it needs, not the one the caller trained
     if "unconditional" not in technique.model_kinds and not (base and base.options.get("num_classes")):
         base = _tiny_base(conditional=True)
     return Context(name, technique, base or _tiny_base())

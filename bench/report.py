@@ -797,6 +797,64 @@ def guidance_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> st
     return "\n".join(out)
 
 
+# the cost axes an acceleration is judged on against fewer steps (counted FLOPs, measured time)
+ACCELERATION_AXES = (("flops_per_image", "MFLOPs / image", 1e-6), ("latency_per_image_ms", "ms / image", 1.0))
+
+
+def partial_work_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
+    """Cells whose network calls skipped part of their work (a feature cache) against simply taking fewer steps: per
+    cost axis, the best cell of the reference technique (any sampler, same guidance and hardware) whose cost is at
+    most the cached cell's, with the paired ΔFID and its verdict — dominated by fewer steps, ahead of them, or
+    undecided."""
+    from bench.compare import Comparer
+
+    if "flops_ran_fraction_by_network" not in ok:
+        return ""
+    skips = ok["flops_ran_fraction_by_network"].map(lambda f: isinstance(f, dict))
+    cached = ok[skips]
+    technique = parse_series(reference)[0]
+    plain = ok[~skips & (ok["technique"] == technique)]
+    if cached.empty or plain.empty:
+        return ""
+    def guidance(rows: pd.DataFrame) -> pd.Series:
+        return (rows["guidance"].map(lambda g: json.dumps(g, sort_keys=True, default=str)) if "guidance" in rows
+                else pd.Series("", index=rows.index))
+
+    plain_guidance, cached_guidance = guidance(plain), guidance(cached)
+    comparer, lines = Comparer(), []
+    for idx, r in cached.sort_values(["series", "steps"]).iterrows():
+        ran = r["flops_ran_fraction_by_network"]
+        skipped = 1 - sum(ran.values()) / len(ran)
+        for column, label, scale in ACCELERATION_AXES:
+            if pd.isna(r.get(column)):
+                continue
+            cheaper = plain[(plain_guidance == cached_guidance[idx]) & _same_hardware(plain, r)
+                            & (plain[column] <= r[column])].sort_values("fid")
+            paired = _paired(comparer, cheaper, r)
+            line = {"cell": r["series"], "steps": r["steps"], "NFE": r["nfe"], "FLOPs skipped": f"{skipped:.0%}",
+                    "cost axis": label, "cost": r[column] * scale, "FID": r["fid"]}
+            if paired is None:
+                lines.append({**line, "verdict": f"no {technique} cell at equal or lower cost"})
+                continue
+            base, d = paired
+            verdict = {"worse": "dominated by fewer steps", "better": "ahead of fewer steps"}.get(
+                d["fid"].verdict, "undecided")
+            lines.append({**line, "best un-cached at ≤ cost": f"{base['series']} · {base['steps']} steps",
+                          "its cost": base[column] * scale, "its FID": base["fid"],
+                          "ΔFID [95% CI]": _interval(d["fid"].delta, d["fid"].low, d["fid"].high),
+                          "verdict": verdict})
+    table = pd.DataFrame(lines)
+    counts = "; ".join(
+        f"{label}: " + ", ".join(f"{n} {v}" for v, n in table[table["cost axis"] == label]["verdict"]
+                                 .value_counts().items())
+        for _, label, _ in ACCELERATION_AXES if (table["cost axis"] == label).any())
+    return (f"<p>Each cell whose calls skipped work (FLOPs per image are those that ran; NFE still counts network "
+            f"evaluations) against the best {_esc(technique)} cell — any sampler, any step count, same guidance "
+            "and hardware — whose cost on that axis is at most its own: Δ = cached − un-cached, paired over the "
+            f"same seeds. Dominated: a cheaper un-cached cell is decidedly better. {_esc(counts)}.</p>"
+            + _html_table(lines))
+
+
 def _trade_off_figure(full: pd.DataFrame) -> str:
     plt = _pyplot()
     counts = sorted(full["steps"].unique())
@@ -1092,6 +1150,9 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
     guided = guidance_section(ok, reference) if not ok.empty else ""
     if guided:
         parts.append("<h2 id='guidance'>Guidance: quality against class accuracy</h2>" + guided)
+    accelerated = partial_work_section(ok, reference) if not ok.empty else ""
+    if accelerated:
+        parts.append("<h2 id='accelerations'>Accelerations against fewer steps</h2>" + accelerated)
     parts.append("<h2 id='samples'>Samples</h2>" + (sample_matrix(ok) if not ok.empty else "<p>None.</p>"))
     parts.append("<h2 id='techniques'>Technique sections</h2>" + technique_sections(df, against, reference))
     costs = training_costs(df)

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from bench import config as cfg
@@ -20,7 +21,7 @@ from bench import registry, zoo
 from bench.cell import Cell
 from bench.conditioning import Guidance, conditional_sampler
 from bench.conditioning import describe as describe_conditions
-from bench.errors import UserError
+from bench.errors import Unsupported, UserError
 from bench.measure import quality, roofline
 from bench.measure.energy import EnergyMeter
 from bench.measure.flops import CallRecorder
@@ -191,19 +192,33 @@ class CellRunner:
         t0 = time.perf_counter()
         models, artifacts = self._load(technique, params)
         models = {k: m.to(device).eval() if isinstance(m, torch.nn.Module) else m for k, m in models.items()}
-        pipe = technique.pipeline(params, models, s["steps"])
+        try:
+            pipe = technique.pipeline(params, models, s["steps"])
+        except Unsupported as exc:  # the library's own reason (a block type it cannot hook, a device it lacks)
+            return self.skipped(cell, f"{technique.name}: {exc}")
         if kind == "class":  # each image's label from its seed, the cell's guider around every sampler call
             pipe = conditioned_pipeline(pipe, models["model"].num_classes, Guidance(**s["guidance"]))
         if getattr(models["model"], "decoder", None) is not None:  # a latent model: every image decoded, counted apart
             pipe = decoded_pipeline(pipe, models["model"].decoder)
         setup_s = time.perf_counter() - t0
 
-        # 1. One eager image: NFE and FLOPs counted on the calls that actually ran.
+        # 1. One eager image: NFE and FLOPs counted on the calls that actually ran (for a pipeline whose calls may
+        # skip work, FlopCounterMode also counts what each call computed, attention included under MATH SDPA).
         recorder = CallRecorder(pipe.networks)
-        pipe.sample(generators([s["seed"]]), None)
+        recorder.count_ran = pipe.uncached is not None
+        # a cache that decides per batch is counted on the cell's first batch: at batch 1 it decides otherwise
+        probe_seeds = list(range(s["seed"], s["seed"] + (batch if pipe.batch_dependent else 1)))
+        with sdpa_kernel(SDPBackend.MATH) if recorder.count_ran else contextlib.nullcontext():
+            pipe.sample(generators(probe_seeds), None)
+        recorder.count_ran = False
         calls_per_image = dict(recorder.calls)
-        flops_per_call = recorder.flops_per_call()
+        full_work = pipe.uncached or contextlib.nullcontext
+        with full_work():
+            flops_per_call = recorder.flops_per_call()
+        ran_fraction = recorder.ran_fraction(pipe.uncached) if pipe.uncached is not None else {}
         nfe = sum(n for name, n in calls_per_image.items() if name not in STAGES)
+        # full-call equivalents: what the calls computed, in units of a full call (a cached call counts its part)
+        work_per_image = {k: n * ran_fraction[k] if k in ran_fraction else n for k, n in calls_per_image.items()}
         calls_total = sum(calls_per_image.values())
 
         if s["compile"]:
@@ -254,18 +269,20 @@ class CellRunner:
                 raise RuntimeError(f"NFE differs between runs: {sum(recorder.calls.values())} calls in {runs} "
                                    f"runs, expected {calls_total} per run")
             recorder.remove()
-            denoiser_ms = self._time_networks(recorder.networks, recorder.first_inputs, batch, device, autocast)
+            with full_work():
+                denoiser_ms = self._time_networks(recorder.networks, recorder.first_inputs, batch, device, autocast)
 
         # 5. A contended or unstable timing is measured again; one that stays so is stored flagged.
         attempts = [{"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms, "load": load.result(),
-                     "reasons": suspect_reasons(batch_times, _expected_batch_s(calls_per_image, denoiser_ms),
+                     "reasons": suspect_reasons(batch_times, _expected_batch_s(work_per_image, denoiser_ms),
                                                 load.result())}]
         while attempts[-1]["reasons"] and len(attempts) <= lat.remeasure:
             with CpuMonitor() as load:
                 times = repeat_until(lambda: run_batch(seeds[:batch]), device, lat.min_repeats, lat.min_seconds)
-                den = self._time_networks(recorder.networks, recorder.first_inputs, batch, device, autocast)
+                with full_work():
+                    den = self._time_networks(recorder.networks, recorder.first_inputs, batch, device, autocast)
             attempts.append({"latency_batch_s": times, "denoiser_call_s": den, "load": load.result(),
-                             "reasons": suspect_reasons(times, _expected_batch_s(calls_per_image, den),
+                             "reasons": suspect_reasons(times, _expected_batch_s(work_per_image, den),
                                                         load.result())})
         final = attempts[-1]
         batch_times, denoiser_ms = final["latency_batch_s"], final["denoiser_call_s"]
@@ -312,20 +329,23 @@ class CellRunner:
         latency = Latency.from_values(batch_times)
         main = "model" if "model" in denoiser_ms else next(iter(denoiser_ms))
         den = Latency.from_values(denoiser_ms[main])
-        flops_per_image = sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image)
-        by_stage = {"denoiser": sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image
+        flops_per_image = sum(work_per_image[k] * flops_per_call[k] for k in calls_per_image)
+        by_stage = {"denoiser": sum(work_per_image[k] * flops_per_call[k] for k in calls_per_image
                                     if k not in STAGES),
-                    **{k: calls_per_image[k] * flops_per_call[k] for k in STAGES if k in calls_per_image}}
+                    **{k: work_per_image[k] * flops_per_call[k] for k in STAGES if k in calls_per_image}}
+        cache_metrics = {} if not ran_fraction else {
+            "flops_ran_fraction_by_network": ran_fraction,
+            "flops_per_image_uncached": sum(calls_per_image[k] * flops_per_call[k] for k in calls_per_image)}
         stage_ms = {f"{k}_ms_per_image": statistics.median(denoiser_ms[k]) / batch * 1e3
                     for k in STAGES if k in denoiser_ms}
-        expected = _expected_batch_s(calls_per_image, denoiser_ms)
+        expected = _expected_batch_s(work_per_image, denoiser_ms)
         ceilings = roofline.peak(here, device, s["dtype"], s["threads"])  # cached per machine after the first
         metrics = {
             "params_total": sum(p.numel() for n in pipe.networks.values() for p in n.parameters()),
             "nfe": nfe, "nfe_by_network": calls_per_image,
             "flops_per_call": flops_per_call.get(main), "flops_per_call_by_network": flops_per_call,
             "flops_per_image": flops_per_image, "flops_per_image_by_stage": by_stage, **stage_ms,
-            "flops_unit": FLOPS_UNIT,
+            "flops_unit": FLOPS_UNIT, **cache_metrics,
             # the measurement boundary (as PyTorch's diffusion benchmark states its own): what the timed call ran
             "latency_includes": LATENCY_INCLUDES + ("; the VAE decode of every image" if "decode" in calls_per_image
                                                     else "; no decode (a pixel-space model)"),
@@ -348,7 +368,8 @@ class CellRunner:
         return {"spec_hash": cell.spec_hash, "status": "ok", "spec": s, "metrics": metrics,
                 "raw": {"latency_batch_s": batch_times, "denoiser_call_s": denoiser_ms,
                         "latency_attempts": attempts[:-1]},
-                "info": pipe.info, "observations": observations, "artifacts": artifacts, "features": features,
+                "info": {**pipe.info, **({"batch_dependent": pipe.batch_dependent} if pipe.batch_dependent else {})},
+                "observations": observations, "artifacts": artifacts, "features": features,
                 "image_digests": digests, "machine": here, "fingerprint": machines.fingerprint(),
                 "roofline": ceilings, "technique_version": technique.version(), "sample_grid": grid,
                 "provenance": provenance(device), **({"class_correct": correct} if correct else {})}

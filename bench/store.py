@@ -281,7 +281,8 @@ _SPEC_TYPES = {"technique": str, "params": dict, "steps": int, "device": str, "d
 _SPEC_REQUIRED = ("technique", "params", "steps", "device", "dtype", "threads", "compile", "batch", "n_samples")
 _OK_METRICS_REQUIRED = ("fid", "nfe", "latency_per_image_ms", "flops_per_image")
 _METRIC_TYPES = {"fid_inf_n": list, "fid_inf_values": list, "nfe_by_network": dict,
-                 "flops_per_call_by_network": dict, "flops_per_image_by_stage": dict}
+                 "flops_per_call_by_network": dict, "flops_per_image_by_stage": dict,
+                 "flops_ran_fraction_by_network": dict}
 _METRIC_STRINGS = {"flops_unit", "peak_source", "memory_method", "energy_method", "extractor", "extractor_sha256",
                    "extractor_description", "quality_reused_from", "quality_extended_from", "quality_note",
                    "latency_suspect", "latency_includes"}

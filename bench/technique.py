@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,6 +45,14 @@ class Pipeline:
     # what the technique saw while sampling since the last call (e.g. the mean gate per timestep), JSON-able; the
     # runner calls it before and after the timed loop and stores the second answer as the record's ``observations``
     observe: Callable[[], dict[str, Any]] | None = None
+    # for a pipeline whose network calls may skip part of their work (a feature cache): a context in which every
+    # call does its full work. The runner measures FLOPs per call and the denoiser-alone time under it, and counts
+    # the FLOPs that actually ran over one image outside it, so FLOPs per image are what ran, not NFE × a full call.
+    uncached: Callable[[], AbstractContextManager] | None = None
+    # why an image depends on the other images of its batch, where it does (a cache deciding once per batch, as
+    # First Block Cache does): the record keeps it, the report lists it, and the contract checks then ask only that
+    # the same batch gives the same images. Empty for the pipelines the harness wants: image i from seed i alone.
+    batch_dependent: str = ""
 
 
 CLAIMS_MARKER = "# -- declarations: paper claims, model kinds (not part of the technique's version) --"
@@ -67,6 +76,9 @@ class Technique:
     model_kinds: ClassVar[tuple[str, ...]] = ("unconditional",)
     # Why the other kinds are not supported, in a clause (stored in their skipped cells' reason).
     model_kinds_reason: ClassVar[str] = ""
+    # The network the contract checks run it on ("unet", or "dit" for one that needs transformer blocks); a model
+    # it cannot run on is skipped at sweep time by raising ``bench.errors.Unsupported`` from ``pipeline()``.
+    contract_arch: ClassVar[str] = "unet"
 
     @dataclass(frozen=True)
     class Params:

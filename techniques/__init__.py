@@ -7,4 +7,5 @@ BUILTIN: dict[str, str] = {
     "distillation": "techniques.distillation:Distillation",
     "truncation": "techniques.truncation:Truncation",
     "guidance_distillation": "techniques.guidance_distillation:GuidanceDistillation",
+    "feature_cache": "techniques.feature_cache:FeatureCache",
 }

@@ -59,16 +59,16 @@ def test_scaffolded_technique_passes_the_contract_and_registers_itself(tmp_path:
     shutil.copy(ROOT / "techniques" / "__init__.py", package / "__init__.py")
     tests_dir = tmp_path / "tests"
     tests_dir.mkdir()
-    written = scaffold("feature_cache", package, tests_dir)
-    assert written == [package / "feature_cache.py", tests_dir / "test_feature_cache.py", package / "__init__.py"]
+    written = scaffold("token_budget", package, tests_dir)
+    assert written == [package / "token_budget.py", tests_dir / "test_token_budget.py", package / "__init__.py"]
     namespace: dict = {}
     exec((package / "__init__.py").read_text(), namespace)
-    assert namespace["BUILTIN"]["feature_cache"] == "techniques.feature_cache:FeatureCache"
-    compile((tests_dir / "test_feature_cache.py").read_text(), "test_feature_cache.py", "exec")
+    assert namespace["BUILTIN"]["token_budget"] == "techniques.token_budget:TokenBudget"
+    compile((tests_dir / "test_token_budget.py").read_text(), "test_token_budget.py", "exec")
 
     monkeypatch.syspath_prepend(str(package))
-    _register(monkeypatch, "feature_cache", "feature_cache:FeatureCache")
-    outcomes = conformance.run("feature_cache", tiny_base)
+    _register(monkeypatch, "token_budget", "token_budget:TokenBudget")
+    outcomes = conformance.run("token_budget", tiny_base)
     assert [o.check for o in outcomes if not o.passed] == [], [o.error for o in outcomes]
 
 

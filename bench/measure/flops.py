@@ -52,23 +52,57 @@ def torch_flops(module: nn.Module, inputs: tuple) -> int:
 
 
 class CallRecorder:
-    """Forward hooks that count calls per network and keep each network's first inputs (as batch 1)."""
+    """Forward hooks that count calls per network and keep each network's first inputs (as batch 1). While
+    ``count_ran`` is set they also count, per network, the FLOPs its calls actually ran (``FlopCounterMode`` around
+    each call: a call a cache cut short counts what it computed)."""
 
     def __init__(self, networks: dict[str, nn.Module]) -> None:
         self.networks = networks
         self.calls: Counter[str] = Counter()
         self.first_inputs: dict[str, tuple] = {}
+        self.count_ran = False
+        self.ran_flops: Counter[str] = Counter()  # FLOPs per image
+        self.ran_calls: Counter[str] = Counter()
+        self._counters: list[Any] = []
         # a conditional denoiser's evaluations are its ``counted`` module's calls (two per guided call)
         self.networks = {name: getattr(net, "counted", net) for name, net in networks.items()}
-        self._handles = [net.register_forward_pre_hook(self._hook(name)) for name, net in self.networks.items()]
+        self._handles = [h for name, net in self.networks.items()
+                         for h in (net.register_forward_pre_hook(self._hook(name)),
+                                   net.register_forward_hook(self._done(name)))]
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             self.calls[name] += 1
             if name not in self.first_inputs:
                 self.first_inputs[name] = _batch_one(args)
+            if self.count_ran:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                self.ran_calls[name] += 1
+
+                counter = FlopCounterMode(display=False)
+                counter.__enter__()
+                batch = next((a.shape[0] for a in args if torch.is_tensor(a) and a.ndim > 0), 1)
+                self._counters.append((counter, batch))
 
         return hook
+
+    def _done(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if self.count_ran and self._counters:
+                counter, batch = self._counters.pop()
+                counter.__exit__(None, None, None)
+                self.ran_flops[name] += counter.get_total_flops() / batch  # per image, as the full call is counted
+
+        return hook
+
+    def ran_fraction(self, uncached: Any) -> dict[str, float]:
+        """Per network, the FLOPs its counted calls ran over what as many full calls run (``uncached()``: the
+        pipeline's context in which every call does its full work), both by ``FlopCounterMode``."""
+        with uncached():
+            full = {name: torch_flops(self.networks[name], self.first_inputs[name]) for name in self.ran_flops}
+        return {name: self.ran_flops[name] / (self.ran_calls[name] * full[name]) if full[name] else 1.0
+                for name in self.ran_flops}
 
     def reset(self) -> None:
         self.calls.clear()
@@ -76,6 +110,8 @@ class CallRecorder:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        while self._counters:  # a call that raised never reached its forward hook
+            self._counters.pop()[0].__exit__(None, None, None)
 
     def flops_per_call(self) -> dict[str, int]:
         """FLOPs of one call at batch 1 for every network that ran, by fvcore."""

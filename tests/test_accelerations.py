@@ -1,0 +1,85 @@
+"""Training-free accelerations from the field's libraries (diffusers' cache hooks): FLOPs are those that ran, the
+record says what the cache computed, a model the library cannot hook is skipped with the reason, and the support
+matrix comes from trying."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import store, support
+from tests.conftest import ROOT, run_cli
+
+CONFIG = ROOT / "tests" / "data" / "tiny_accelerations.toml"
+
+
+@pytest.fixture(scope="module")
+def accelerations_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accelerations")
+    result = run_cli("sweep", "--config", str(CONFIG), "--results", str(root / "results"), "--report",
+                     str(root / "report.html"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root, store.load(root / "results"), result.stdout
+
+
+def _cached(df, method: str):
+    rows = df[(df["technique"] == "feature_cache") & (df["param_method"] == method)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_cached_cells_count_full_evaluations_and_the_flops_that_ran(accelerations_sweep) -> None:
+    _, df, _ = accelerations_sweep
+    plain = df[(df["technique"] == "step_reduction") & (df["steps"] == 8)].iloc[0]
+    for method in ("first_block", "taylorseer"):
+        row = _cached(df, method)
+        assert row["status"] == "ok"
+        assert row["nfe"] == plain["nfe"] == 16  # NFE keeps counting network evaluations (8 guided steps)
+        assert row["flops_per_call"] == plain["flops_per_call"]  # a full call, measured with the hooks off
+        fraction = row["flops_ran_fraction_by_network"]["model"]
+        assert 0 < fraction < 1
+        assert row["flops_per_image"] == pytest.approx(fraction * row["flops_per_image_uncached"])
+        assert row["flops_per_image_uncached"] == plain["flops_per_image"]
+        obs = row["observations"]
+        assert obs["cache_block_parts_asked"] > 0 and 0 < obs["attention_computed_fraction"] < 1
+    # TaylorSeer at interval 5 after 3 warm-up steps computes steps 0-2 and 7 of 8: half the block parts
+    assert _cached(df, "taylorseer")["observations"]["attention_computed_fraction"] == pytest.approx(0.5)
+    first_block = _cached(df, "first_block")
+    assert "once per network call" in first_block["info"]["batch_dependent"]
+    assert first_block["info"]["cache"]["method"] == "first_block"
+    # what the cache skipped over the timed batches agrees with the FLOPs counted on the first
+    assert first_block["flops_ran_fraction_by_network"]["model"] == pytest.approx(
+        first_block["observations"]["attention_computed_fraction"], abs=0.15)
+
+
+def test_a_cache_on_a_unet_is_skipped_with_the_reason(tmp_path) -> None:
+    text = (ROOT / "tests" / "data" / "tiny.toml").read_text().split("[[technique]]")[0]
+    config = tmp_path / "unet_cache.toml"
+    config.write_text(text + '[[technique]]\nname = "feature_cache"\nsteps = [3]\n')
+    result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path / "r"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    df = store.load(tmp_path / "r")
+    assert set(df["status"]) == {"skipped"}
+    assert all("transformer_blocks" in r and "UNet2DModel" in r for r in df["reason"])
+
+
+def test_support_matrix_is_found_by_trying() -> None:
+    models = support.build_models({"U-Net": {}, "DiT": {"arch": "dit", "conditioning": "class"}}, "digits", 8)
+    df = support.matrix(models, on=["cpu"]).set_index(["technique", "model"])["cpu"]
+    assert df[("step_reduction", "U-Net")] == df[("step_reduction", "DiT")] == "runs"
+    assert df[("feature_cache", "DiT")] == df[("feature_cache method=taylorseer", "DiT")] == "runs"
+    assert df[("feature_cache", "U-Net")].startswith("skipped: ") and "UNet2DModel" in df[("feature_cache", "U-Net")]
+    assert not any(name.startswith(("distillation", "truncation")) for name, _ in df.index)  # they need training
+    result = run_cli("support", "--device", "cpu")
+    assert result.returncode == 0 and "| feature_cache | DiT, class-conditional | runs |" in result.stdout
+
+
+def test_the_contract_catches_a_cache_that_hooks_nothing(monkeypatch) -> None:
+    """TaylorSeer with diffusers' default module patterns matches no module of a DiT and runs every call in full."""
+    from bench import conformance
+    from techniques import feature_cache
+
+    ctx = conformance.context("feature_cache")
+    conformance.check_partial_work(ctx)
+    monkeypatch.setattr(feature_cache, "_TAYLORSEER_MODULES", ["^transformer_blocks.*attn"])
+    with pytest.raises(conformance.ContractError, match="changed nothing"):
+        conformance.check_partial_work(ctx)
