@@ -801,19 +801,24 @@ def guidance_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> st
 ACCELERATION_AXES = (("flops_per_image", "MFLOPs / image", 1e-6), ("latency_per_image_ms", "ms / image", 1.0))
 
 
-def partial_work_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
-    """Cells whose network calls skipped part of their work (a feature cache) against simply taking fewer steps: per
-    cost axis, the best cell of the reference technique (any sampler, same guidance and hardware) whose cost is at
-    most the cached cell's, with the paired ΔFID and its verdict — dominated by fewer steps, ahead of them, or
-    undecided."""
+def acceleration_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
+    """The cells of every technique that declares itself an acceleration (``Technique.accelerates``: a cache,
+    quantization) against simply taking fewer steps: per cost axis, the best cell of the reference technique (any
+    sampler, same guidance and hardware) whose cost is at most the accelerated cell's, with the paired ΔFID and its
+    verdict — dominated by fewer steps, ahead of them, or undecided."""
+    from bench import registry
     from bench.compare import Comparer
 
-    if "flops_ran_fraction_by_network" not in ok:
-        return ""
-    skips = ok["flops_ran_fraction_by_network"].map(lambda f: isinstance(f, dict))
-    cached = ok[skips]
+    def accelerates(name: Any) -> bool:
+        try:
+            return bool(registry.get(str(name)).accelerates)
+        except UserError:  # a technique not installed here
+            return False
+
+    flags = {name: accelerates(name) for name in ok["technique"].dropna().unique()}
+    cached = ok[ok["technique"].map(flags).fillna(False).astype(bool)]
     technique = parse_series(reference)[0]
-    plain = ok[~skips & (ok["technique"] == technique)]
+    plain = ok[ok["technique"] == technique]
     if cached.empty or plain.empty:
         return ""
     def guidance(rows: pd.DataFrame) -> pd.Series:
@@ -823,8 +828,8 @@ def partial_work_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -
     plain_guidance, cached_guidance = guidance(plain), guidance(cached)
     comparer, lines = Comparer(), []
     for idx, r in cached.sort_values(["series", "steps"]).iterrows():
-        ran = r["flops_ran_fraction_by_network"]
-        skipped = 1 - sum(ran.values()) / len(ran)
+        ran = r.get("flops_ran_fraction_by_network")
+        skipped = 1 - sum(ran.values()) / len(ran) if isinstance(ran, dict) and ran else 0.0
         for column, label, scale in ACCELERATION_AXES:
             if pd.isna(r.get(column)):
                 continue
@@ -839,7 +844,7 @@ def partial_work_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -
             base, d = paired
             verdict = {"worse": "dominated by fewer steps", "better": "ahead of fewer steps"}.get(
                 d["fid"].verdict, "undecided")
-            lines.append({**line, "best un-cached at ≤ cost": f"{base['series']} · {base['steps']} steps",
+            lines.append({**line, "best un-accelerated at ≤ cost": f"{base['series']} · {base['steps']} steps",
                           "its cost": base[column] * scale, "its FID": base["fid"],
                           "ΔFID [95% CI]": _interval(d["fid"].delta, d["fid"].low, d["fid"].high),
                           "verdict": verdict})
@@ -848,10 +853,11 @@ def partial_work_section(ok: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -
         f"{label}: " + ", ".join(f"{n} {v}" for v, n in table[table["cost axis"] == label]["verdict"]
                                  .value_counts().items())
         for _, label, _ in ACCELERATION_AXES if (table["cost axis"] == label).any())
-    return (f"<p>Each cell whose calls skipped work (FLOPs per image are those that ran; NFE still counts network "
-            f"evaluations) against the best {_esc(technique)} cell — any sampler, any step count, same guidance "
-            "and hardware — whose cost on that axis is at most its own: Δ = cached − un-cached, paired over the "
-            f"same seeds. Dominated: a cheaper un-cached cell is decidedly better. {_esc(counts)}.</p>"
+    return (f"<p>Each cell of an acceleration (a cache: FLOPs per image are those that ran, NFE still counts "
+            f"network evaluations; quantization: the same FLOPs, its own time) against the best {_esc(technique)} "
+            "cell — any sampler, any step count, same guidance and hardware — whose cost on that axis is at most its "
+            "own: Δ = accelerated − un-accelerated, paired over the same seeds. Dominated: a cheaper un-accelerated "
+            f"cell is decidedly better. {_esc(counts)}.</p>"
             + _html_table(lines))
 
 
@@ -1150,7 +1156,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
     guided = guidance_section(ok, reference) if not ok.empty else ""
     if guided:
         parts.append("<h2 id='guidance'>Guidance: quality against class accuracy</h2>" + guided)
-    accelerated = partial_work_section(ok, reference) if not ok.empty else ""
+    accelerated = acceleration_section(ok, reference) if not ok.empty else ""
     if accelerated:
         parts.append("<h2 id='accelerations'>Accelerations against fewer steps</h2>" + accelerated)
     parts.append("<h2 id='samples'>Samples</h2>" + (sample_matrix(ok) if not ok.empty else "<p>None.</p>"))

@@ -79,6 +79,9 @@ class Technique:
     # The network the contract checks run it on ("unet", or "dit" for one that needs transformer blocks); a model
     # it cannot run on is skipped at sweep time by raising ``bench.errors.Unsupported`` from ``pipeline()``.
     contract_arch: ClassVar[str] = "unet"
+    # A training-free acceleration of the base model's own sampling (a cache, quantization): the report judges each
+    # of its cells against simply taking fewer steps with the reference technique's samplers.
+    accelerates: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Params:

@@ -8,4 +8,5 @@ BUILTIN: dict[str, str] = {
     "truncation": "techniques.truncation:Truncation",
     "guidance_distillation": "techniques.guidance_distillation:GuidanceDistillation",
     "feature_cache": "techniques.feature_cache:FeatureCache",
+    "quantization": "techniques.quantization:Quantization",
 }

@@ -177,3 +177,4 @@ class _Cache:
 FeatureCache.model_kinds = ("unconditional", "class")  # noqa: E305  (hooks need transformer blocks, not labels)
 FeatureCache.contract_arch = "dit"
 FeatureCache.model_kinds_reason = "its hooks need a transformer's blocks"
+FeatureCache.accelerates = True

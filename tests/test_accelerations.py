@@ -83,3 +83,45 @@ def test_the_contract_catches_a_cache_that_hooks_nothing(monkeypatch) -> None:
     monkeypatch.setattr(feature_cache, "_TAYLORSEER_MODULES", ["^transformer_blocks.*attn"])
     with pytest.raises(conformance.ContractError, match="changed nothing"):
         conformance.check_partial_work(ctx)
+
+
+def test_quantized_cells_record_scheme_and_weight_bytes(accelerations_sweep) -> None:
+    _, df, _ = accelerations_sweep
+    plain = df[(df["technique"] == "step_reduction") & (df["steps"] == 8)].iloc[0]
+    row = df[df["technique"] == "quantization"].iloc[0]
+    assert row["status"] == "ok", row.get("error")
+    q = row["info"]["quantization"]
+    assert q["library"] == "torchao" and q["scheme"] == "int8_weight_only"
+    assert q["weight_bytes"] < 0.5 * q["weight_bytes_before"]  # int8 linear weights: about a quarter of fp32's
+    # the same multiply-adds: FLOPs and NFE as the plain cell's; the time is the cell's own
+    assert (row["nfe"], row["flops_per_image"]) == (plain["nfe"], plain["flops_per_image"])
+    assert row["latency_per_image_ms"] > 0 and "flops_ran_fraction_by_network" not in row["info"]
+
+
+def test_quantization_without_torchao_is_skipped_with_the_install_line(monkeypatch) -> None:
+    import builtins
+
+    from bench.errors import Unsupported
+    from techniques.quantization import Quantization
+
+    real_import = builtins.__import__
+
+    def no_torchao(name, *args, **kwargs):
+        if name == "torchao" or name.startswith("torchao."):
+            raise ImportError("No module named 'torchao'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    with pytest.raises(Unsupported, match=r"bench\[accel\]"):
+        Quantization().pipeline(Quantization.Params(), {"model": None}, 4)
+
+
+def test_the_report_judges_every_accelerated_cell_against_fewer_steps(accelerations_sweep) -> None:
+    root, df, _ = accelerations_sweep
+    page = (root / "report.html").read_text()
+    section = page.split("id='accelerations'>")[1].split("<h2")[0]
+    accelerated = df[df["technique"].isin(["feature_cache", "quantization"])]
+    assert section.count("<tr>") == 2 * len(accelerated)  # one row per cell and cost axis (the header is styled)
+    assert "step_reduction w=2 · 4 steps" in section  # the cheaper un-accelerated cell found
+    assert all(v in section for v in ("MFLOPs / image", "ms / image"))
+    assert any(v in section for v in ("dominated by fewer steps", "ahead of fewer steps", "undecided"))
