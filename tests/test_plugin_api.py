@@ -36,7 +36,8 @@ def test_outside_package_registers_through_its_entry_point_and_runs_a_sweep_cell
 
     checked = run_cli("check-technique", "karras_sigmas", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "7/7 checks passed" in checked.stdout
+    n = len(conformance.CHECKS)
+    assert f"{n}/{n} checks passed" in checked.stdout
 
     config = tmp_path / "plugin.toml"
     config.write_text(TINY_CONFIG.read_text().split("[[technique]]")[0].replace("threads = [1, 2]", "threads = [1]")
@@ -110,7 +111,8 @@ def test_check_technique_tells_the_author_what_to_fix(monkeypatch, capsys) -> No
     out = capsys.readouterr().out
     assert "FAIL check_declaration" in out and "description" in out
     assert "FAIL check_seed_determinism" in out and "per-sample generators" in out
-    assert "PASS check_sampling" in out and "5/7 checks passed" in out
+    n = len(conformance.CHECKS)  # two fail (check_partial_work passes: there is no cache to judge)
+    assert "PASS check_sampling" in out and f"{n - 2}/{n} checks passed" in out
 
 
 def test_stale_records_are_marked_and_rerun_on_request(tiny_sweep, tmp_path: Path) -> None:
