@@ -1,11 +1,12 @@
 """Each image's condition, fixed by its seed, and classifier-free guidance through diffusers' guiders.
 
 A class-conditional model's image i gets label ``seed_i mod num_classes`` (class-balanced for any run of consecutive
-seeds), so two cells' images stay paired seed by seed exactly as unconditional ones do. The harness sets the labels
-(and the cell's guider) around every sampler call; a conditional ``Denoiser`` reads them here, so every technique's
-sampler is conditioned without knowing it. Guidance arithmetic is the guider's (``diffusers.guiders``); this module
-only decides, per evaluation, whether the unconditional branch runs (the guider's ``num_conditions``), and counts the
-guided and unguided steps.
+seeds), so two cells' images stay paired seed by seed exactly as unconditional ones do; a text-conditioned one, the
+prompt ``prompts[seed_i mod P]`` (``bench.text_to_image``), its condition the prompt's text-encoder states. The harness
+sets the labels (and the cell's guider) around every sampler call; a conditional ``Denoiser`` reads them here, so every
+technique's sampler is conditioned without knowing it. Guidance arithmetic is the guider's (``diffusers.guiders``); this
+module only decides, per evaluation, whether the unconditional branch runs (the guider's ``num_conditions``), and counts
+the guided and unguided steps.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class Conditions:
     """What the conditional denoiser evaluates in one sampler call: the batch's labels, the guider, the sampler's
     current step (published by the sampling loops, for the guider's start/stop), and what guidance did."""
 
-    labels: torch.Tensor
+    labels: torch.Tensor  # class labels, or a text model's prompt states (batch × tokens × width)
     guider: Any | None = None
+    null: torch.Tensor | None = None  # the unconditional branch's condition, where not the null class (text: "")
     step: int | None = None
     num_steps: int | None = None
     guided: int = 0  # denoiser calls that guided: two evaluations (label, null class), or one of a guidance-distilled
@@ -83,6 +85,16 @@ class Conditions:
 
 
 _current: ContextVar[Conditions | None] = ContextVar("bench_conditions", default=None)
+_branch: ContextVar[str] = ContextVar("bench_branch", default="cond")
+# what a sweep's condition function returns for a batch's seeds: (condition, the unconditional branch's or None)
+ConditionFn = Callable[[list[int], bool], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def branch() -> str:
+    """Which branch of a guided step the network evaluation now running belongs to: "cond", or "uncond" (the null
+    class's or empty prompt's). Stateful accelerations (a cache) keep their state per branch by it: two calls of one
+    step share a timestep, and one branch's features must never stand in for the other's."""
+    return _branch.get()
 
 
 def labels_for_seeds(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -90,10 +102,13 @@ def labels_for_seeds(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def conditioned(labels: torch.Tensor, guidance: Guidance | None = None) -> Iterator[Conditions]:
-    """Within the block a conditional ``Denoiser`` generates ``labels`` (one per batch row), guided as ``guidance``
-    says (a fresh guider: some keep state across steps)."""
-    state = Conditions(labels=labels, guider=guidance.make() if guidance is not None and guidance.active else None)
+def conditioned(labels: torch.Tensor, guidance: Guidance | None = None,
+                null: torch.Tensor | None = None) -> Iterator[Conditions]:
+    """Within the block a conditional ``Denoiser`` generates ``labels`` (one per batch row; a text model's prompt
+    states), guided as ``guidance`` says (a fresh guider: some keep state across steps) against ``null`` (default:
+    the null class)."""
+    state = Conditions(labels=labels, guider=guidance.make() if guidance is not None and guidance.active else None,
+                       null=null)
     token = _current.set(state)
     try:
         yield state
@@ -138,18 +153,31 @@ def guided(denoiser: Any, x: torch.Tensor, t: torch.Tensor, class_labels: torch.
     cond = denoiser.evaluation(x, t, labels)
     if not guides:
         return cond
-    uncond = denoiser.evaluation(x, t, torch.full_like(labels, denoiser.null_class))
+    null = state.null.to(x.device) if state.null is not None else torch.full_like(labels, denoiser.null_class)
+    token = _branch.set("uncond")
+    try:
+        uncond = denoiser.evaluation(x, t, null)
+    finally:
+        _branch.reset(token)
     return guider.forward(cond.float(), uncond.float()).pred.to(cond.dtype)
 
 
-def conditional_sampler(sample: Callable[..., torch.Tensor], num_classes: int,
+def class_condition(num_classes: int) -> ConditionFn:
+    """Labels by seed; the null class (the guided call's default) for the unconditional branch."""
+    return lambda seeds, guided: (labels_for_seeds(seeds, num_classes), None)
+
+
+def conditional_sampler(sample: Callable[..., torch.Tensor], condition: int | ConditionFn,
                         guidance: Guidance | None) -> tuple[Callable[..., torch.Tensor], Callable[[], dict[str, Any]]]:
-    """Wrap a technique's ``sample(generators, callback)``: each image's label from its generator's seed, the
-    cell's guider; and ``observe()``, the guided/unguided calls per image since the last ``observe``."""
+    """Wrap a technique's ``sample(generators, callback)``: each image's condition from its generator's seed
+    (``condition``: a class count, or a function of the seeds), the cell's guider; and ``observe()``, the
+    guided/unguided calls per image since the last ``observe``."""
     seen: dict[str, Any] = {}
+    make = class_condition(condition) if isinstance(condition, int) else condition
 
     def run(gens: list[torch.Generator], callback: Any = None) -> torch.Tensor:
-        with conditioned(labels_for_seeds([g.initial_seed() for g in gens], num_classes), guidance) as state:
+        labels, null = make([g.initial_seed() for g in gens], guidance is not None and guidance.active)
+        with conditioned(labels, guidance, null) as state:
             out = sample(gens, callback)
         # every image of a sampler call goes through the same calls: per image = per call
         seen.update(guided_steps=state.guided, unguided_steps=state.unguided,

@@ -50,9 +50,13 @@ class ModelConfig:
                              "DiTTransformer2DModel, class-conditional)")
     latent: bool = knob(False, "the base model is a latent DiT: diffusion on the latents (4×4×4 at 16×16) of a small "
                                "AutoencoderKL the zoo trains first; every image's decode is measured apart")
-    conditioning: str = knob("none", "none, or class: the base model is class-conditional (image i gets label "
+    conditioning: str = knob("none", "none; class: the base model is class-conditional (image i gets label "
                                      "seed_i mod 10; guidance per [[technique]] entry; a pretrained U-Net's last "
-                                     "label row is read as the null class)")
+                                     "label row is read as the null class); text: model.pretrained is a Stable "
+                                     "Diffusion-style text-to-image folder or hub id (unet/ vae/ text_encoder/ "
+                                     "tokenizer/ scheduler/), image i gets prompt i mod P of model.prompts")
+    prompts: str = knob("", "text models: a UTF-8 file of prompts, one per line (empty: the 10 shipped in "
+                            "bench/data_files/prompts.txt)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class QualityConfig:
     reference_split: str = knob("test", "dataset split the generated images are compared with")
     reference_n: int = knob(2000, "reference images")
     bootstrap: int = knob(200, "bootstrap resamples for the FID confidence interval (0 = none)")
+    clip_model: str = knob("openai/clip-vit-base-patch32", "text models: the CLIP model (local folder or hub id) "
+                                                           "CLIP score is computed with; where its weights are not "
+                                                           "present (offline) the score is skipped with the reason")
 
 
 @dataclass(frozen=True)
@@ -283,8 +290,20 @@ def validate(config: SweepConfig) -> None:
                         "schedule is the pretrained one's: remove one of them")
     if m.arch not in ("unet", "dit"):
         raise UserError(f"config: model.arch {_short(m.arch)} is not unet or dit")
-    if m.conditioning not in ("none", "class"):
-        raise UserError(f"config: model.conditioning {_short(m.conditioning)} is not none or class")
+    if m.conditioning not in ("none", "class", "text"):
+        raise UserError(f"config: model.conditioning {_short(m.conditioning)} is not none, class or text")
+    if m.conditioning == "text" and not m.pretrained:
+        raise UserError("config: model.conditioning = 'text' needs model.pretrained (a text-to-image pipeline folder "
+                        "or hub id): the zoo trains no text model")
+    if m.prompts and m.conditioning != "text":
+        raise UserError("config: model.prompts applies to text models; set model.conditioning = 'text'")
+    if m.prompts:
+        from bench.text_to_image import read_prompts
+
+        try:
+            read_prompts(m.prompts)
+        except UserError as exc:
+            raise UserError(f"config: {exc}") from None
     if m.arch == "dit" and m.conditioning != "class":
         raise UserError("config: model.arch = 'dit' is class-conditional: set model.conditioning = 'class'")
     if m.latent and m.arch != "dit":
@@ -323,8 +342,8 @@ def _validate_guidance(config: SweepConfig, entry: TechniqueConfig, where: str) 
     if config.model.conditioning == "none":
         for key in ("guidance", "guider", "guidance_interval"):
             if getattr(entry, key) != getattr(default, key):
-                raise UserError(f"config: {where}.{key} applies to class-conditional models; model.conditioning is "
-                                "'none'")
+                raise UserError(f"config: {where}.{key} applies to class- or text-conditional models; "
+                                "model.conditioning is 'none'")
         return
     for interval in entry.guidance_interval:
         if len(interval) != 2:
@@ -376,6 +395,12 @@ def _validate_data(config: SweepConfig) -> None:
         except UserError as exc:
             raise UserError(f"config: {exc}") from None
         shape, classes = tuple(info["image_shape"]), info["num_classes"]
+        if (m.conditioning == "text") != bool(info.get("text")):
+            raise UserError(f"config: model.pretrained {m.pretrained!r} is "
+                            + ("a text-to-image pipeline: set model.conditioning = 'text'" if info.get("text")
+                               else "not a text-to-image pipeline: model.conditioning = 'text' needs one"))
+        if info.get("random_weights"):  # costs only: no reference set is compared with
+            return
         if (m.conditioning == "class") != bool(classes):
             raise UserError(f"config: model.pretrained {m.pretrained!r} is "
                             + (f"class-conditional ({classes} classes): set model.conditioning = 'class'" if classes

@@ -89,7 +89,7 @@ class Context:
         if not isinstance(pipe, Pipeline):
             raise ContractError(f"pipeline() returned {type(pipe).__name__}; return a bench.technique.Pipeline")
         if models["model"].num_classes:
-            pipe = conditioned_pipeline(pipe, models["model"].num_classes, guidance or Guidance())
+            pipe = conditioned_pipeline(pipe, models["model"], guidance or Guidance())
         return pipe
 
 

@@ -36,7 +36,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {"linear": DDPM_SCHEDULE, "cosine": COSIN
 # The networks a zoo recipe builds: diffusers' U-Net, and its class-conditional transformer (DiT, Peebles & Xie 2023).
 ARCHS = ("unet", "dit")
 # What a model is conditioned on; a technique declares the kinds it supports (``Technique.model_kinds``).
-MODEL_KINDS = ("unconditional", "class")
+MODEL_KINDS = ("unconditional", "class", "text")
 
 
 @functools.cache
@@ -86,9 +86,11 @@ def new_guidance_embedding(net: nn.Module) -> nn.Module:
 
 
 class Evaluation(nn.Module):
-    """One evaluation of a conditional network, ``(x_t, t, labels[, w]) → prediction``: what NFE counts and FLOPs
+    """One evaluation of a conditional network, ``(x_t, t, condition[, w]) → prediction``: what NFE counts and FLOPs
     measure for a conditional ``Denoiser``, whose single call may evaluate its network twice (classifier-free
-    guidance), or once with the guidance scale ``w`` as an input (a guidance-distilled network).
+    guidance), or once with the guidance scale ``w`` as an input (a guidance-distilled network). The condition is
+    a batch of class labels (integers) or of text-encoder hidden states (floats, which a ``UNet2DConditionModel``
+    cross-attends to).
 
     It owns the network: a conditional ``Denoiser`` reaches it as ``denoiser.net`` through this module."""
 
@@ -99,7 +101,9 @@ class Evaluation(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
                 w: torch.Tensor | None = None) -> torch.Tensor:
-        if self.guidance_embedding is None:
+        if labels.is_floating_point():  # a text-conditioned network: the prompt's hidden states
+            out = self.net(x, t, encoder_hidden_states=labels)
+        elif self.guidance_embedding is None:
             out = self.net(x, t, labels)
         else:
             if w is None:
@@ -144,16 +148,20 @@ class Denoiser(nn.Module):
     time through a ``Denoiser``. A conditional one (``num_classes``) takes its images' labels from
     ``class_labels`` or, when not given, from the enclosing ``bench.conditioning.conditioned`` block, which may also
     guide it: each guided call then evaluates the network on the labels and on the null class (``num_classes``).
+    A text-conditioned one (``text_encoder``) is conditioned alike on its images' prompts, which the harness encodes
+    with that network (counted apart: its calls are not NFE), the empty prompt's for the unconditional branch.
     """
 
     def __init__(self, net: nn.Module, prediction_type: str, scheduler_config: dict[str, Any],
                  image_shape: tuple[int, int, int], num_classes: int | None = None,
-                 decoder: Decoder | None = None, guidance_embedding: nn.Module | None = None) -> None:
+                 decoder: Decoder | None = None, guidance_embedding: nn.Module | None = None,
+                 text_encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.decoder = decoder  # a latent model's VAE decode; image_shape is then the latent shape
+        self.text_encoder = text_encoder  # a text-to-image model's prompt encoder (bench.text_to_image.TextEncoder)
         if guidance_embedding is not None and not num_classes:
             raise ValueError("a guidance embedding needs a class-conditional network")
-        if num_classes:
+        if num_classes or text_encoder is not None:
             self.evaluation = Evaluation(net, guidance_embedding)
         else:
             self.add_module("net", net)
@@ -169,7 +177,7 @@ class Denoiser(nn.Module):
 
     @property
     def kind(self) -> str:
-        return "class" if self.num_classes else "unconditional"
+        return "text" if self.text_encoder is not None else "class" if self.num_classes else "unconditional"
 
     @property
     def counted(self) -> nn.Module:
@@ -193,7 +201,7 @@ class Denoiser(nn.Module):
             embedding = (copy.deepcopy(self.evaluation.guidance_embedding) if self.embeds_guidance
                          else new_guidance_embedding(self.net))
         student = Denoiser(copy.deepcopy(self.net), prediction_type or self.prediction_type, self.scheduler_config,
-                           self.image_shape, self.num_classes, self.decoder, embedding)
+                           self.image_shape, self.num_classes, self.decoder, embedding, self.text_encoder)
         trained = student.evaluation if student.evaluation is not None else student.net
         trained.requires_grad_(True)  # the decoder stays frozen
         return student
@@ -272,6 +280,14 @@ def save_denoiser(denoiser: Denoiser, directory: Path) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     scheduler = DDPMScheduler.from_config(denoiser.scheduler_config)
+    if denoiser.text_encoder is not None:  # diffusers' StableDiffusionPipeline layout, loadable by that pipeline
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline(vae=denoiser.decoder.vae, text_encoder=denoiser.text_encoder.model,
+                                tokenizer=denoiser.text_encoder.tokenizer, unet=denoiser.net, scheduler=scheduler,
+                                safety_checker=None, feature_extractor=None, requires_safety_checker=False
+                                ).save_pretrained(directory, safe_serialization=True)
+        return directory / "unet" / "diffusion_pytorch_model.safetensors"
     if denoiser.embeds_guidance:  # a guidance-distilled network's w input, beside the network it feeds
         denoiser.evaluation.guidance_embedding.save_pretrained(directory / "guidance_embedding",
                                                                safe_serialization=True)
@@ -301,11 +317,12 @@ def scheduler_file(folder: Path) -> Path | None:
 
 def _saved_class(folder: Path) -> type | None:
     """The diffusers class a saved network folder names, among those the zoo builds."""
-    from diffusers import DiTTransformer2DModel, UNet2DModel
+    from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
     config = folder / "config.json"
     name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
-    return {"DiTTransformer2DModel": DiTTransformer2DModel, "UNet2DModel": UNet2DModel}.get(name)
+    return {"DiTTransformer2DModel": DiTTransformer2DModel, "UNet2DModel": UNet2DModel,
+            "UNet2DConditionModel": UNet2DConditionModel}.get(name)
 
 
 def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | None = None) -> Denoiser:
@@ -340,5 +357,10 @@ def load_denoiser(source: str | Path, device: str = "cpu", net_class: type | Non
     embedding = None
     if path.is_dir() and (path / "guidance_embedding" / "config.json").is_file():
         embedding = _guidance_embedding_class().from_pretrained(path / "guidance_embedding", low_cpu_mem_usage=False)
+    text_encoder = None
+    if path.is_dir() and (path / "text_encoder" / "config.json").is_file():
+        from bench.text_to_image import load_text_encoder
+
+        text_encoder = load_text_encoder(path)
     return Denoiser(net, prediction, scheduler_config, shape, network_classes(net), decoder,
-                    embedding).to(device).eval()
+                    embedding, text_encoder).to(device).eval()

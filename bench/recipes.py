@@ -109,7 +109,10 @@ def pretrained_recipe(source: str, dataset: str = "mnist", resolution: int = 16,
     info = pretrained.describe(source)
     label = data.safe_label(PurePosixPath(info["source"]).name, 40) or "model"
     classes = {"num_classes": info["num_classes"]} if info["num_classes"] else {}  # what makes it class-conditional
-    return Recipe(name=f"{dataset}{resolution}-pretrained-{info['arch']}-{label}", objective="pretrained",
+    if info.get("text"):  # a text-to-image pipeline; with random weights (the tiny test pipeline) no quality
+        classes = {"text": True, **({"random_weights": info["random_weights"]} if info["random_weights"] else {})}
+    arch = "text" if info.get("text") else info["arch"]
+    return Recipe(name=f"{dataset}{resolution}-pretrained-{arch}-{label}", objective="pretrained",
                   dataset=dataset, resolution=resolution, network=info["network"], schedule=info["schedule"],
                   steps=budget_steps, batch=batch, lr=1e-3, seed=seed, ema_decay=0.999,
                   options={"source": info["source"], "weights_sha256": info["weights_sha256"], **classes})
@@ -154,6 +157,8 @@ def extractor_recipe(choice: str, dataset: str, resolution: int, steps: int = 15
 
 def model_kind(recipe: Recipe) -> str:
     """What a base recipe's model is conditioned on (one of ``bench.model.MODEL_KINDS``)."""
+    if recipe.options.get("text"):
+        return "text"
     return "class" if recipe.options.get("num_classes") else "unconditional"
 
 

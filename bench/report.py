@@ -79,6 +79,54 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"].copy() if "status" in df else df.iloc[0:0]
 
 
+def cost_only(ok: pd.DataFrame) -> pd.Series:
+    """Successful cells that carry no quality (a random-weight model's): their costs are results, their images
+    not, so they are kept out of every quality front and verdict."""
+    if "quality_skipped" not in ok:
+        return pd.Series(False, index=ok.index)
+    return ok["quality_skipped"].map(lambda v: isinstance(v, str) and bool(v))
+
+
+STAGE_LABELS = {"text_encoder": "text encoder", "denoiser": "denoiser", "decode": "VAE decode"}
+
+
+def cost_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the FLOPs and time per image of each stage (text encoder, denoiser, decode): FLOPs as counted, the
+    stages' time from their networks timed alone at the cell's batch (the denoiser: its calls per image × its
+    median call), beside the whole sampler call's latency."""
+    lines = []
+    rows = rows.sort_values(["technique", "steps"])
+    labels, hardware = series_labels(rows), hardware_labels(rows)
+    for _, row in rows.iterrows():
+        flops = row.get("flops_per_image_by_stage") if isinstance(row.get("flops_per_image_by_stage"), dict) else {}
+        calls = row.get("nfe_by_network") if isinstance(row.get("nfe_by_network"), dict) else {}
+        total = sum(flops.values()) or float("nan")
+        ms = {stage: row.get(f"{stage}_ms_per_image") for stage in ("text_encoder", "decode")}
+        ms["denoiser"] = (row["nfe"] * row["denoiser_call_median_ms"] / row["batch"]
+                          if pd.notna(row.get("denoiser_call_median_ms")) else None)
+        line = {"cell": labels[row.name], "steps": row["steps"], "NFE": row["nfe"], "hardware": hardware[row.name]}
+        for stage, label in STAGE_LABELS.items():
+            if stage in flops:
+                line[f"{label} calls"] = calls.get("model" if stage == "denoiser" else stage)
+                line[f"{label} MFLOPs"] = flops[stage] / 1e6
+                line[f"{label} FLOPs %"] = 100 * flops[stage] / total
+                line[f"{label} ms"] = ms.get(stage)
+        line["sampler call ms/img"] = row.get("latency_per_image_ms")
+        clip = row.get("clip_score")
+        line["CLIP score"] = clip if pd.notna(clip) else f"skipped: {_first_line(row.get('clip_score_skipped'))}"
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def cost_only_section(rows: pd.DataFrame) -> str:
+    reasons = sorted({str(r) for r in rows["quality_skipped"]})
+    return ("<p>These cells' model computes no quality: " + "; ".join(_esc(r) for r in reasons) + ". Their images "
+            "are not results and appear in no front or verdict; their costs are. Per image and stage: the calls, "
+            "the FLOPs that ran and their share, and the time of that stage's network timed alone at the cell's "
+            "batch; the last time column is the whole sampler call (prompt encoding, every denoiser call, the "
+            "scheduler, the decode).</p>" + _html_table(cost_breakdown(rows).to_dict("records")))
+
+
 def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str] | None = None,
                  better: Callable[[Any, Any], bool] | None = None) -> pd.DataFrame:
     """``df`` with a boolean ``on_front`` column: no other row in its group is at most as costly and at most as bad
@@ -335,8 +383,18 @@ def summary_table(df: pd.DataFrame, reference: str = DEFAULT_REFERENCE) -> str:
     """The terminal summary: one line per ok cell, quality and cost side by side, in readable units, with ΔFID
     against the reference series at equal NFE (paired 95% interval and verdict) where there is one."""
     ok = ok_rows(drop_superseded(df))
+    alone = ok[cost_only(ok)]
+    costs = "" if alone.empty else (
+        "Costs by stage per image (no quality: " + "; ".join(sorted({str(r) for r in alone["quality_skipped"]}))
+        + "):\n" + cost_breakdown(alone).drop(columns=["CLIP score"]).to_string(
+            index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+    ok = ok[~cost_only(ok)]
     if ok.empty:
-        return "no successful cells"
+        return costs or "no successful cells"
+    return "\n\n".join(part for part in (_quality_summary(ok, reference), costs) if part)
+
+
+def _quality_summary(ok: pd.DataFrame, reference: str) -> str:
     against = Verdicts(ok, reference).against_reference()
     ok = ok.assign(label=series_labels(ok, varying_params(ok))).sort_values(["label", "steps"])
     delta = [f"{_interval(d, lo, hi)} {v}" if isinstance(v, str) else "" for d, lo, hi, v in zip(
@@ -1083,6 +1141,8 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
 
     installed = registry.installed_versions(df["technique"].dropna().unique())
     ok = ok_rows(df)
+    costs_alone = ok[cost_only(ok)]
+    ok = ok[~cost_only(ok)]
     stale = stale_rows(df, installed)
     verdicts = Verdicts(ok, reference)
     against = verdicts.against_reference()
@@ -1094,6 +1154,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
              f". Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by <code>python -m bench report</code>.</p>",
              "<p class='toc'><a href='#fronts'>Pareto fronts</a><a href='#cells'>All cells</a>"
              "<a href='#roofline'>Roofline</a><a href='#samples'>Samples</a><a href='#techniques'>Techniques</a>"
+             + ("<a href='#costs'>Costs by stage</a>" if not costs_alone.empty else "") +
              "<a href='#training'>Training cost</a>"
              "<a href='#provenance'>Provenance</a></p>"]
     notes = caveats(df, installed)
@@ -1112,7 +1173,7 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
                   "Each hardware group has its own fronts: points from different hardware never share one.")
                  + "</p>")
     if ok.empty:
-        parts.append("<p>No successful cells to plot.</p>")
+        parts.append("<p>No successful cells with quality to plot.</p>")
     else:
         palette_labels = series_labels(ok, varying_params(ok))
         ok = ok.assign(series=palette_labels, hardware=hardware_labels(ok))
@@ -1153,6 +1214,8 @@ def render(df: pd.DataFrame, title: str, sources: Sequence[Path | str] = (), poo
                  "fit against 1/N (Chong &amp; Forsyth 2020). KID is in squared feature units of the extractor "
                  "(polynomial kernel), comparable only between rows of one extractor.</p>"
                  + cells_table(df, stale, against))
+    if not costs_alone.empty:
+        parts.append("<h2 id='costs'>Costs by stage (cells without quality)</h2>" + cost_only_section(costs_alone))
     guided = guidance_section(ok, reference) if not ok.empty else ""
     if guided:
         parts.append("<h2 id='guidance'>Guidance: quality against class accuracy</h2>" + guided)

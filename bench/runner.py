@@ -36,7 +36,9 @@ from bench.technique import Pipeline
 from bench.train import load_artifact
 
 FLOPS_UNIT = "FLOPs = 2 x MACs, fvcore with an SDPA handle, batch 1"
-STAGES = ("decode",)  # networks run once per image outside the denoising loop: their calls are not NFE
+# networks run once per image outside the denoising loop (a latent model's decode, a text model's prompt encoder):
+# their calls are not NFE, their FLOPs and time are kept apart
+STAGES = ("decode", "text_encoder")
 LATENCY_INCLUDES = ("the sampler call: initial noise, every network evaluation (both branches of a guided step), "
                     "the scheduler's arithmetic; not model loading, not the uint8 conversion, not the metrics")
 DIGESTED_SEEDS = 100  # per-image digests kept for a record's first seeds: the evidence quality reuse is checked on
@@ -184,7 +186,7 @@ class CellRunner:
                             "from a machine of the kind its workers are")
         technique = registry.get(s["technique"])
         params = technique.Params(**s["params"])
-        kind = "class" if "conditions" in s else "unconditional"
+        kind = s["conditions"]["kind"] if "conditions" in s else "unconditional"
         if kind not in technique.model_kinds:
             why = f": {technique.model_kinds_reason}" if technique.model_kinds_reason else ""
             return self.skipped(cell, f"{technique.name} does not support {kind} models (it supports: "
@@ -196,8 +198,8 @@ class CellRunner:
             pipe = technique.pipeline(params, models, s["steps"])
         except Unsupported as exc:  # the library's own reason (a block type it cannot hook, a device it lacks)
             return self.skipped(cell, f"{technique.name}: {exc}")
-        if kind == "class":  # each image's label from its seed, the cell's guider around every sampler call
-            pipe = conditioned_pipeline(pipe, models["model"].num_classes, Guidance(**s["guidance"]))
+        if kind != "unconditional":  # each image's label or prompt from its seed, the cell's guider around every call
+            pipe = conditioned_pipeline(pipe, models["model"], Guidance(**s["guidance"]), self._prompts(cell))
         if getattr(models["model"], "decoder", None) is not None:  # a latent model: every image decoded, counted apart
             pipe = decoded_pipeline(pipe, models["model"].decoder)
         setup_s = time.perf_counter() - t0
@@ -288,9 +290,14 @@ class CellRunner:
         batch_times, denoiser_ms = final["latency_batch_s"], final["denoiser_call_s"]
 
         # 6. Quality on the generated images (after the stored seeds' features, when extending), or reused from a
-        # cell whose images this cell reproduced.
-        correct = None
-        if reuse:
+        # cell whose images this cell reproduced; none for a random-weight model (its costs alone are the result).
+        correct, meaningless = None, self._random_weights()
+        if meaningless:
+            q = {"quality_skipped": meaningless, "n_generated": n_timed_images, "quality_reused_from": None,
+                 **self._clip_score(cell, images)}
+            grid = self.store.save_samples(cell.spec_hash, torch.cat(images)) if images else None
+            features, digests = None, image_digests(torch.cat(images)[:DIGESTED_SEEDS], s["seed"]) if images else probe
+        elif reuse:
             q = {**reuse["quality"], "quality_reused_from": reuse["spec_hash"], "quality_note": reuse_note}
             grid, features, correct = reuse["grid"], reuse["features"], reuse.get("class_correct")
             digests = probe
@@ -308,7 +315,9 @@ class CellRunner:
             q.update(extractor=extractor.name, extractor_sha256=extractor.weights_sha256,
                      extractor_description=extractor.description, quality_reused_from=None,
                      quality_extended_from=extend["spec_hash"] if extend else None, n_newly_generated=len(fresh))
-            if "conditions" in s:
+            if kind == "text":
+                q.update(self._clip_score(cell, images))
+            if kind == "class":
                 bits = self._class_correct(generated, fresh) if images else ""
                 stored_bits = ((extend or {}).get("class_correct") or {}).get("bits", "")
                 correct = {"seeds": [s["seed"], s["seed"] + len(stored_bits) + len(bits)],
@@ -374,6 +383,39 @@ class CellRunner:
                 "roofline": ceilings, "technique_version": technique.version(), "sample_grid": grid,
                 "provenance": provenance(device), **({"class_correct": correct} if correct else {})}
 
+    def _prompts(self, cell: Cell) -> list[str] | None:
+        """A text model's prompts (model.prompts), proven to be those the cell's spec names."""
+        wanted = cell.spec.get("conditions", {})
+        if wanted.get("kind") != "text":
+            return None
+        from bench import text_to_image
+
+        prompts = text_to_image.read_prompts(self.config.model.prompts or text_to_image.DEFAULT_PROMPTS)
+        if text_to_image.prompts_sha256(prompts) != wanted["prompts_sha256"]:
+            raise UserError(f"model.prompts changed since this cell was planned (sha256 "
+                            f"{text_to_image.prompts_sha256(prompts)[:12]}, cell {wanted['prompts_sha256'][:12]})")
+        return prompts
+
+    def _random_weights(self) -> str | None:
+        """Why this sweep's base model computes no quality (a random-weight pipeline), or None."""
+        return base_recipe(self.config).options.get("random_weights")
+
+    def _clip_score(self, cell: Cell, images: list[torch.Tensor]) -> dict[str, Any]:
+        """CLIP score of a text cell's images against their prompts (quality.clip_model), or why there is none."""
+        from bench import text_to_image
+
+        prompts = self._prompts(cell)
+        if prompts is None:
+            return {}
+        source = self.config.quality.clip_model
+        if not source:
+            return {"clip_score": None, "clip_score_skipped": "quality.clip_model is empty"}
+        if not images:
+            return {"clip_score": None, "clip_score_skipped": "no images generated"}
+        generated = torch.cat(images)
+        seeds = range(cell.spec["seed"], cell.spec["seed"] + len(generated))
+        return text_to_image.clip_score(generated, text_to_image.prompts_for_seeds(seeds, prompts), source)
+
     def _class_correct(self, images: torch.Tensor, seeds: list[int]) -> str:
         """'1' per image the offline classifier assigns the class its seed asked for, else '0'."""
         from bench import recipes
@@ -438,16 +480,39 @@ def decoded_pipeline(pipe: Pipeline, decoder: torch.nn.Module) -> Pipeline:
                                info={**pipe.info, "decoder": type(getattr(decoder, "vae", decoder)).__name__})
 
 
-def conditioned_pipeline(pipe: Pipeline, num_classes: int, guidance: Guidance) -> Pipeline:
-    """The pipeline with every sampler call conditioned (labels by seed, the cell's guider) and its observations
-    extended by the guided and unguided steps of the last call."""
-    sample, observe_guidance = conditional_sampler(pipe.sample, num_classes, guidance)
+def conditioned_pipeline(pipe: Pipeline, model: Any, guidance: Guidance,
+                         prompts: list[str] | None = None) -> Pipeline:
+    """The pipeline with every sampler call conditioned (labels or prompts by seed, the cell's guider) and its
+    observations extended by the guided and unguided steps of the last call. A text model's prompts are encoded
+    at the start of every call, by its text encoder (a network of its own: ``text_encoder``), and under guidance
+    the empty prompt too, once per image, as diffusers' ``StableDiffusionPipeline`` does."""
+    networks, info = pipe.networks, pipe.info
+    if model.kind == "text":
+        from bench import text_to_image
+
+        if not prompts:
+            raise UserError("a text-to-image model needs prompts (model.prompts)")
+        encoder = model.text_encoder
+
+        def condition(seeds: list[int], guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            device = next(encoder.parameters()).device
+            cond = encoder(encoder.tokens(text_to_image.prompts_for_seeds(seeds, prompts), device))
+            return cond, encoder(encoder.tokens([""] * len(seeds), device)) if guided else None
+
+        sample, observe_guidance = conditional_sampler(pipe.sample, condition, guidance)
+        networks = {**networks, "text_encoder": encoder}
+        info = {**info, "conditions": {"kind": "text", "num_prompts": len(prompts),
+                                       "prompts_sha256": text_to_image.prompts_sha256(prompts),
+                                       "prompts": text_to_image.PROMPT_RULE,
+                                       **({"guidance": dataclasses.asdict(guidance)} if guidance else {})}}
+    else:
+        sample, observe_guidance = conditional_sampler(pipe.sample, model.num_classes, guidance)
+        info = {**info, "conditions": describe_conditions(model.num_classes, guidance)}
 
     def observe() -> dict[str, Any]:
         return {**(pipe.observe() if pipe.observe is not None else {}), **observe_guidance()}
 
-    return dataclasses.replace(pipe, sample=sample, observe=observe,
-                               info={**pipe.info, "conditions": describe_conditions(num_classes, guidance)})
+    return dataclasses.replace(pipe, sample=sample, observe=observe, networks=networks, info=info)
 
 
 def _expected_batch_s(calls_per_image: dict[str, int], denoiser_s: dict[str, list[float]]) -> float | None:

@@ -285,7 +285,7 @@ _METRIC_TYPES = {"fid_inf_n": list, "fid_inf_values": list, "nfe_by_network": di
                  "flops_ran_fraction_by_network": dict}
 _METRIC_STRINGS = {"flops_unit", "peak_source", "memory_method", "energy_method", "extractor", "extractor_sha256",
                    "extractor_description", "quality_reused_from", "quality_extended_from", "quality_note",
-                   "latency_suspect", "latency_includes"}
+                   "latency_suspect", "latency_includes", "quality_skipped", "clip_score_skipped", "clip_model"}
 
 
 def check_record(record: Any) -> None:
@@ -317,6 +317,8 @@ def check_record(record: Any) -> None:
             raise ValueError(f"metrics.{key} must be a finite number, true/false or null")
     if record["status"] == "ok":
         for key in _OK_METRICS_REQUIRED:
+            if key == "fid" and isinstance(metrics.get("quality_skipped"), str):
+                continue  # a random-weight model's cell: costs only, the reason in its place
             if not _finite_number(metrics.get(key)):
                 raise ValueError(f"an ok record needs a number at metrics.{key}")
     for role, entry in (record.get("features") or {}).items():

@@ -79,7 +79,7 @@ def try_cell(name: str, params: Any, model: Any, device: str) -> str:
         technique.validate(params)
         pipe = technique.pipeline(params, {"model": model.to(device)}, 2)
         if model.num_classes:
-            pipe = conditioned_pipeline(pipe, model.num_classes, Guidance(scale=2.0))
+            pipe = conditioned_pipeline(pipe, model, Guidance(scale=2.0))
         with torch.no_grad():
             x = pipe.sample(generators([0]), None)
         return "runs" if bool(torch.isfinite(x).all()) else "fails: non-finite images"

@@ -79,6 +79,19 @@ def hardware_points(config: cfg.SweepConfig) -> list[tuple[str, str, int, bool, 
     return list(dict.fromkeys(points))
 
 
+def _conditions(config: cfg.SweepConfig, base: recipes.Recipe) -> dict[str, Any] | None:
+    """How a conditional model's cells draw each image's condition (part of their address), or None."""
+    if base.options.get("text"):
+        from bench import text_to_image
+
+        prompts = text_to_image.read_prompts(config.model.prompts or text_to_image.DEFAULT_PROMPTS)
+        return {"kind": "text", "num_prompts": len(prompts), "prompts_sha256": text_to_image.prompts_sha256(prompts),
+                "prompts": text_to_image.PROMPT_RULE}
+    if classes := base.options.get("num_classes"):
+        return {"kind": "class", "num_classes": classes, "labels": LABEL_RULE}
+    return None
+
+
 def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
     """Every cell of the sweep, validated (unknown techniques, parameters and step counts fail here), measured on
     ``machine`` (default: this one, ``bench.machine.machine_id()``)."""
@@ -114,9 +127,8 @@ def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
             extra = {k: r.key for k, r in technique.artifacts(params, base).items()} if supported else {}
             # a conditional model's cells say how labels were drawn and how they are guided (unconditional cells
             # keep the spec, and so the address, they always had)
-            conditions = ([{"conditions": {"kind": "class", "num_classes": classes, "labels": LABEL_RULE},
-                            "guidance": dataclasses.asdict(g)} for g in cfg.guidances(entry)]
-                          if (classes := base.options.get("num_classes")) else [{}])
+            conditions = ([{"conditions": condition, "guidance": dataclasses.asdict(g)} for g in cfg.guidances(entry)]
+                          if (condition := _conditions(config, base)) else [{}])
             for steps, condition, (device, dtype, threads, compiled, batch) in itertools.product(
                     entry.steps, conditions, hardware_points(config)):
                 cells.append(Cell({
@@ -228,7 +240,8 @@ def _outcome(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"{record['status'].upper()}: {record.get('error') or record.get('reason')}"
     m = record["metrics"]
-    return (f"FID {m['fid']:.2f} NFE {m['nfe']} {m['latency_per_image_ms']:.2f} ms/img"
+    quality = f"FID {m['fid']:.2f}" if m.get("fid") is not None else "no quality (random weights)"
+    return (f"{quality} NFE {m['nfe']} {m['latency_per_image_ms']:.2f} ms/img"
             + (" (quality reused)" if m.get("quality_reused_from") else "")
             + (f" (extended from {m['quality_extended_from']}: {m['n_newly_generated']} new seeds)"
                if m.get("quality_extended_from") else ""))

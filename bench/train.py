@@ -235,7 +235,7 @@ class PretrainedObjective(Objective):
         if now["weights_sha256"] != recipe.options["weights_sha256"]:
             raise UserError(f"model.pretrained {source!r} changed since its recipe was made (weights sha256 "
                             f"{now['weights_sha256'][:12]}, recipe {recipe.options['weights_sha256'][:12]}); rerun")
-        if tuple(now["image_shape"]) != tuple(image_shape):
+        if tuple(now["image_shape"]) != tuple(image_shape) and not recipe.options.get("random_weights"):
             raise UserError(f"model.pretrained {source!r} takes {_shape(now['image_shape'])} images; dataset "
                             f"{recipe.dataset} at resolution {recipe.resolution} gives {_shape(image_shape)}")
         return load_denoiser(pretrained.resolve(source))

@@ -174,7 +174,7 @@ class _Cache:
                        "cache_identifiers": list(_TAYLORSEER_MODULES), "taylor_factors_dtype": "float32"})
         return {"library": "diffusers.hooks", "method": p.method, "blocks": self.blocks, **knobs}
 # -- declarations: paper claims, model kinds (not part of the technique's version) --
-FeatureCache.model_kinds = ("unconditional", "class")  # noqa: E305  (hooks need transformer blocks, not labels)
+FeatureCache.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (hooks need transformer blocks, not labels)
 FeatureCache.contract_arch = "dit"
 FeatureCache.model_kinds_reason = "its hooks need a transformer's blocks"
 FeatureCache.accelerates = True

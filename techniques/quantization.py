@@ -73,5 +73,5 @@ def weight_bytes(net: nn.Module) -> int:
     torch.save(net.state_dict(), buffer)
     return buffer.tell()
 # -- declarations: paper claims, model kinds (not part of the technique's version) --
-Quantization.model_kinds = ("unconditional", "class")  # noqa: E305  (it changes weights, not inputs)
+Quantization.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (it changes weights, not inputs)
 Quantization.accelerates = True

@@ -87,4 +87,4 @@ def make_sampler(denoiser: Any, sampler: str, steps: int, eta: float = 0.0,
 
     return sample
 # -- declarations: paper claims, model kinds (not part of the technique's version) --
-StepReduction.model_kinds = ("unconditional", "class")  # noqa: E305  (samplers need only x_t and t)
+StepReduction.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (samplers need only x_t and t)
