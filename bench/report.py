@@ -91,19 +91,19 @@ STAGE_LABELS = {"text_encoder": "text encoder", "denoiser": "denoiser", "decode"
 
 
 def cost_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per cell, the FLOPs and time per image of each stage (text encoder, denoiser, decode): FLOPs as counted, the
-    stages' time from their networks timed alone at the cell's batch (the denoiser: its calls per image × its
-    median call), beside the whole sampler call's latency."""
+    """Per cell, the FLOPs and time per image of each stage (text encoder, denoiser, decode): FLOPs as they ran, the
+    text encoder's and decode's time from their networks timed alone at the cell's batch, the denoiser's the rest
+    of the sampler call (its evaluations and the scheduler's arithmetic: a cache's cut-short calls are timed as
+    they ran), beside the whole call's latency."""
     lines = []
     rows = rows.sort_values(["technique", "steps"])
-    labels, hardware = series_labels(rows), hardware_labels(rows)
+    labels, hardware = series_labels(rows, varying_params(rows)), hardware_labels(rows)
     for _, row in rows.iterrows():
         flops = row.get("flops_per_image_by_stage") if isinstance(row.get("flops_per_image_by_stage"), dict) else {}
         calls = row.get("nfe_by_network") if isinstance(row.get("nfe_by_network"), dict) else {}
         total = sum(flops.values()) or float("nan")
         ms = {stage: row.get(f"{stage}_ms_per_image") for stage in ("text_encoder", "decode")}
-        ms["denoiser"] = (row["nfe"] * row["denoiser_call_median_ms"] / row["batch"]
-                          if pd.notna(row.get("denoiser_call_median_ms")) else None)
+        ms["denoiser"] = row["latency_per_image_ms"] - sum(v for v in ms.values() if pd.notna(v))
         line = {"cell": labels[row.name], "steps": row["steps"], "NFE": row["nfe"], "hardware": hardware[row.name]}
         for stage, label in STAGE_LABELS.items():
             if stage in flops:
@@ -122,9 +122,10 @@ def cost_only_section(rows: pd.DataFrame) -> str:
     reasons = sorted({str(r) for r in rows["quality_skipped"]})
     return ("<p>These cells' model computes no quality: " + "; ".join(_esc(r) for r in reasons) + ". Their images "
             "are not results and appear in no front or verdict; their costs are. Per image and stage: the calls, "
-            "the FLOPs that ran and their share, and the time of that stage's network timed alone at the cell's "
-            "batch; the last time column is the whole sampler call (prompt encoding, every denoiser call, the "
-            "scheduler, the decode).</p>" + _html_table(cost_breakdown(rows).to_dict("records")))
+            "the FLOPs that ran and their share, and the time: the text encoder's and the decode's networks timed "
+            "alone at the cell's batch, the denoiser's the rest of the sampler call (its evaluations as they ran "
+            "and the scheduler); the last column is the whole sampler call.</p>"
+            + _html_table(cost_breakdown(rows).to_dict("records")))
 
 
 def pareto_front(df: pd.DataFrame, cost: str, quality: str = "fid", by: list[str] | None = None,

@@ -18,11 +18,13 @@ import torch
 from bench import recipes, registry
 from bench.errors import Unsupported
 
-# model kind label → the zoo recipe whose network is built (untrained) for the matrix
+# model kind label → the zoo recipe whose network is built (untrained) for the matrix, or a pretrained source (the
+# tiny random-weight text-to-image pipeline the harness builds)
 MODELS: dict[str, dict[str, Any]] = {
     "U-Net": {},
     "U-Net, class-conditional": {"conditioning": "class"},
     "DiT, class-conditional": {"arch": "dit", "conditioning": "class"},
+    "Text-to-image U-Net (SD-style)": {"pretrained": "bench:tiny-text-to-image"},
 }
 
 
@@ -48,13 +50,18 @@ def training_free() -> list[tuple[str, Any]]:
 
 def build_models(models: dict[str, dict[str, Any]] | None = None, dataset: str = "mnist",
                  resolution: int = 16) -> dict[str, Any]:
-    """The zoo's networks for ``models`` (label → ``denoiser_recipe`` options), untrained."""
-    from bench import data
+    """The zoo's networks for ``models`` (label → ``denoiser_recipe`` options, or ``{"pretrained": source}``),
+    untrained."""
+    from bench import data, pretrained
+    from bench.model import load_denoiser
     from bench.train import OBJECTIVES
 
     images = data.load(dataset, "test", resolution)
     out = {}
     for label, options in (MODELS if models is None else models).items():
+        if "pretrained" in options:
+            out[label] = load_denoiser(pretrained.resolve(options["pretrained"]))
+            continue
         recipe = recipes.denoiser_recipe(dataset, resolution, **options)
         out[label] = OBJECTIVES[recipe.objective]().build(recipe, images.shape, images.num_classes).eval()
     return out
@@ -78,8 +85,11 @@ def try_cell(name: str, params: Any, model: Any, device: str) -> str:
     try:
         technique.validate(params)
         pipe = technique.pipeline(params, {"model": model.to(device)}, 2)
-        if model.num_classes:
-            pipe = conditioned_pipeline(pipe, model, Guidance(scale=2.0))
+        if model.kind != "unconditional":
+            from bench.text_to_image import DEFAULT_PROMPTS, read_prompts
+
+            prompts = read_prompts(DEFAULT_PROMPTS) if model.kind == "text" else None
+            pipe = conditioned_pipeline(pipe, model, Guidance(scale=2.0), prompts)
         with torch.no_grad():
             x = pipe.sample(generators([0]), None)
         return "runs" if bool(torch.isfinite(x).all()) else "fails: non-finite images"

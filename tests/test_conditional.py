@@ -222,7 +222,8 @@ def test_labels_follow_seeds_class_balanced() -> None:
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.arch=dit", "model.conditioning=none"], "model.arch = 'dit' is class-conditional"),
-    (["model.conditioning=text"], "model.conditioning 'text' is not none or class"),
+    (["model.conditioning=pixel"], "model.conditioning 'pixel' is not none, class or text"),
+    (["model.conditioning=text"], "model.conditioning = 'text' needs model.pretrained"),
 ])
 def test_bad_model_kind_is_one_line(tmp_path: Path, overrides: list[str], message: str) -> None:
     args = [a for o in overrides for a in ("--set", o)]
@@ -237,7 +238,7 @@ def test_guidance_on_an_unconditional_model_is_refused(tmp_path: Path) -> None:
         'params = { sampler = ["ddpm"', 'guidance = [2.0]\nparams = { sampler = ["ddpm"', 1))
     result = run_cli("sweep", "--config", str(config), "--results", str(tmp_path), "--dry-run")
     assert result.returncode != 0
-    assert "technique[0].guidance applies to class-conditional models" in result.stderr
+    assert "technique[0].guidance applies to class- or text-conditional models" in result.stderr
 
 
 def test_bad_guider_and_interval_are_refused(tmp_path: Path) -> None:
@@ -255,8 +256,8 @@ def test_techniques_command_lists_model_kinds() -> None:
     result = run_cli("techniques")
     assert result.returncode == 0
     step_reduction = result.stdout.split("step_reduction (")[1].split("\n")
-    assert "    models: unconditional, class" in step_reduction
-    assert "cells on class models are stored skipped" in result.stdout
+    assert "    models: unconditional, class, text" in step_reduction
+    assert "cells on class, text models are stored skipped" in result.stdout
 
 
 def test_class_bits_pair_with_the_feature_draws() -> None:
