@@ -216,7 +216,7 @@ class CellRunner:
         calls_per_image = dict(recorder.calls)
         full_work = pipe.uncached or contextlib.nullcontext
         with full_work():
-            flops_per_call = recorder.flops_per_call()
+            flops_per_call = recorder.flops_per_call(pipe.flops_counted_on)
         ran_fraction = recorder.ran_fraction(pipe.uncached) if pipe.uncached is not None else {}
         nfe = sum(n for name, n in calls_per_image.items() if name not in STAGES)
         # full-call equivalents: what the calls computed, in units of a full call (a cached call counts its part)

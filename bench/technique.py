@@ -53,6 +53,10 @@ class Pipeline:
     # First Block Cache does): the record keeps it, the report lists it, and the contract checks then ask only that
     # the same batch gives the same images. Empty for the pipelines the harness wants: image i from seed i alone.
     batch_dependent: str = ""
+    # per network whose kernels the FLOP counters cannot trace but that does another network's multiply-adds (a
+    # weight-only quantized copy, whose weights are dequantized into the same matmuls), that other network: FLOPs
+    # per call are counted on it with the same inputs (say so in ``info``).
+    flops_counted_on: dict[str, nn.Module] = field(default_factory=dict)
 
 
 CLAIMS_MARKER = "# -- declarations: paper claims, model kinds (not part of the technique's version) --"

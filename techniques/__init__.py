@@ -9,6 +9,7 @@ BUILTIN: dict[str, str] = {
     "guidance_distillation": "techniques.guidance_distillation:GuidanceDistillation",
     "feature_cache": "techniques.feature_cache:FeatureCache",
     "quantization": "techniques.quantization:Quantization",
+    "quanto": "techniques.quanto:Quanto",
     "deepcache": "techniques.deepcache:DeepCache",
     "token_merging": "techniques.token_merging:TokenMerging",
 }

@@ -113,9 +113,12 @@ class CallRecorder:
         while self._counters:  # a call that raised never reached its forward hook
             self._counters.pop()[0].__exit__(None, None, None)
 
-    def flops_per_call(self) -> dict[str, int]:
-        """FLOPs of one call at batch 1 for every network that ran, by fvcore."""
-        return {name: fvcore_flops(self.networks[name], inputs) for name, inputs in self.first_inputs.items()}
+    def flops_per_call(self, counted_on: dict[str, nn.Module] | None = None) -> dict[str, int]:
+        """FLOPs of one call at batch 1 for every network that ran, by fvcore; a network in ``counted_on`` is
+        counted on the network given there (``Pipeline.flops_counted_on``), with the inputs its own first call had."""
+        twins = {name: getattr(net, "counted", net) for name, net in (counted_on or {}).items()}
+        return {name: fvcore_flops(twins.get(name, self.networks[name]), inputs)
+                for name, inputs in self.first_inputs.items()}
 
 
 def _batch_one(args: tuple) -> tuple:
