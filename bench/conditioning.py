@@ -97,6 +97,13 @@ def branch() -> str:
     return _branch.get()
 
 
+def guiding() -> bool:
+    """Whether the sampler call now running is guided (a guider that may evaluate the unconditional branch too):
+    for an acceleration that must know, before the first evaluation, whether the calls come in pairs."""
+    state = _current.get()
+    return state is not None and state.guider is not None
+
+
 def labels_for_seeds(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor([int(s) % num_classes for s in seeds], dtype=torch.long)
 

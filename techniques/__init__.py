@@ -12,4 +12,5 @@ BUILTIN: dict[str, str] = {
     "quanto": "techniques.quanto:Quanto",
     "deepcache": "techniques.deepcache:DeepCache",
     "token_merging": "techniques.token_merging:TokenMerging",
+    "cache_dit": "techniques.cache_dit:CacheDiT",
 }

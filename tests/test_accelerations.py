@@ -51,6 +51,33 @@ def test_cached_cells_count_full_evaluations_and_the_flops_that_ran(acceleration
         first_block["observations"]["attention_computed_fraction"], abs=0.15)
 
 
+def test_cache_dit_counts_full_evaluations_and_the_flops_that_ran(accelerations_sweep) -> None:
+    _, df, _ = accelerations_sweep
+    plain = df[(df["technique"] == "step_reduction") & (df["steps"] == 8)].iloc[0]
+    row = df[df["technique"] == "cache_dit"].iloc[0]
+    assert row["status"] == "ok", row.get("error")
+    assert row["nfe"] == plain["nfe"] == 16 and row["flops_per_image_uncached"] == plain["flops_per_image"]
+    fraction = row["flops_ran_fraction_by_network"]["model"]
+    assert 0 < fraction < 1 and row["flops_per_image"] == pytest.approx(fraction * plain["flops_per_image"])
+    obs = row["observations"]
+    # warm-up 2 of 8 calls per branch in full, then at least the first and last block: never below 2 of 6 blocks
+    assert 2 / 6 <= obs["attention_computed_fraction"] < 1
+    assert row["info"]["cache"]["library"] == "cache-dit" and "once per network call" in row["info"]["batch_dependent"]
+
+
+def test_cache_dit_refuses_guidance_that_breaks_its_call_order() -> None:
+    """cache-dit tells the two guidance calls apart by their order; a guider guiding half the steps would shift it."""
+    from bench import conformance
+    from bench.conditioning import Guidance
+    from bench.sampling import generators
+
+    ctx = conformance.context("cache_dit")
+    params = ctx.technique.Params()
+    ctx.pipeline(params, 6, Guidance(scale=2.0)).sample(generators([0, 1]), None)  # every step guided: in order
+    with pytest.raises(RuntimeError, match="pairs a guided step's two calls by their order"):
+        ctx.pipeline(params, 6, Guidance(scale=2.0, start=0.5)).sample(generators([0, 1]), None)
+
+
 def test_a_cache_on_a_unet_is_skipped_with_the_reason(tmp_path) -> None:
     text = (ROOT / "tests" / "data" / "tiny.toml").read_text().split("[[technique]]")[0]
     config = tmp_path / "unet_cache.toml"
@@ -142,7 +169,7 @@ def test_the_report_judges_every_accelerated_cell_against_fewer_steps(accelerati
     root, df, _ = accelerations_sweep
     page = (root / "report.html").read_text()
     section = page.split("id='accelerations'>")[1].split("<h2")[0]
-    accelerated = df[df["technique"].isin(["feature_cache", "quantization", "quanto"])]
+    accelerated = df[df["technique"].isin(["feature_cache", "cache_dit", "quantization", "quanto"])]
     assert section.count("<tr>") == 2 * len(accelerated)  # one row per cell and cost axis (the header is styled)
     assert "step_reduction w=2 · 4 steps" in section  # the cheaper un-accelerated cell found
     assert all(v in section for v in ("MFLOPs / image", "ms / image"))
