@@ -54,7 +54,7 @@ class Pipeline:
     # the same batch gives the same images. Empty for the pipelines the harness wants: image i from seed i alone.
     batch_dependent: str = ""
     # per network whose kernels the FLOP counters cannot trace but that does another network's multiply-adds (a
-    # weight-only quantized copy, whose weights are dequantized into the same matmuls), that other network: FLOPs
+    # weight-only quantized copy: the same matmuls on weights stored in fewer bits), that other network: FLOPs
     # per call are counted on it with the same inputs (say so in ``info``).
     flops_counted_on: dict[str, nn.Module] = field(default_factory=dict)
 
