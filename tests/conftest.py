@@ -57,3 +57,23 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory):
                      str(root / "report.html"), "--no-progress")
     assert result.returncode == 0, result.stdout + result.stderr
     return root, store.load(root / "results"), result.stdout
+
+
+def assert_quality_reused_exactly_where_images_match(cells: list[dict]) -> None:
+    """Cells that differ only in threads or batch promise the same images up to kernel rounding, not bit for bit
+    (bench.sampling): a cell reuses another's quality exactly where their stored uint8 digests agree — never scores
+    byte-identical images twice, never reuses from images that differ. Each cell: ``spec_hash``, ``image_digests``,
+    ``quality_reused_from``, ``fid``."""
+    from bench.runner import same_images
+
+    by_hash = {c["spec_hash"]: c for c in cells}
+    scored = [c for c in cells if c["quality_reused_from"] is None]
+    assert scored, "every cell reused quality: none scored its images"
+    for c in cells:
+        if c["quality_reused_from"] is not None:
+            source = by_hash[c["quality_reused_from"]]
+            assert same_images(source["image_digests"], c["image_digests"]), c["spec_hash"]
+            assert c["fid"] == source["fid"]
+    for i, a in enumerate(scored):
+        for b in scored[i + 1:]:
+            assert not same_images(a["image_digests"], b["image_digests"]), "byte-identical images scored twice"

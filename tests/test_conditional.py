@@ -158,14 +158,23 @@ def test_report_draws_the_guidance_trade_off(conditional_sweep) -> None:
     assert "w=3 on [0.34, 1)" in html  # the interval cell in the table beside full guidance
 
 
-def test_an_image_depends_on_its_seed_only(tiny_dit) -> None:
+@pytest.mark.parametrize("sampler, steps, scale", [("ddim", 3, 2.0), ("ddim", 10, 4.0), ("ddpm", 20, 2.0)])
+def test_an_image_depends_on_its_seed_only(tiny_dit, sampler, steps, scale) -> None:
+    """Seed-only up to kernel rounding (bench.sampling's one rule): batched kernels round differently by batch size
+    and CPU, so a default-tolerance float comparison fails on some machines of this kind (1.35e-5 on an AVX2 EPYC)."""
+    from bench.sampling import seed_only_mismatch
     from techniques.step_reduction import make_sampler
 
-    sample, _ = conditioning.conditional_sampler(make_sampler(tiny_dit, "ddim", 3), 10, Guidance(scale=2.0))
+    sample, _ = conditioning.conditional_sampler(make_sampler(tiny_dit, sampler, steps), 10, Guidance(scale=scale))
+    recorder = CallRecorder({"model": tiny_dit})
     with torch.no_grad():
         whole = sample(generators(range(6)))
+        evaluations = recorder.calls["model"]
         part = sample(generators([4, 5, 3]))
-    torch.testing.assert_close(part, whole[[4, 5, 3]])
+    recorder.remove()
+    assert evaluations == 2 * steps  # guided: label and null-class evaluation per step
+    assert seed_only_mismatch(part, whole[[4, 5, 3]], evaluations) is None
+    assert not torch.allclose(whole[4], whole[5])
 
 
 def test_guidance_is_the_guiders_arithmetic(tiny_dit) -> None:

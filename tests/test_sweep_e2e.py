@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench import registry, store
 from bench.technique import Technique
-from tests.conftest import TINY_CELLS, TINY_CONFIG, run_cli
+from tests.conftest import TINY_CELLS, TINY_CONFIG, assert_quality_reused_exactly_where_images_match, run_cli
 
 
 def test_every_cell_is_stored_ok_with_every_measurement(tiny_sweep) -> None:
@@ -34,9 +34,8 @@ def test_quality_is_reused_across_threads_not_recomputed(tiny_sweep) -> None:
     _, df, _ = tiny_sweep
     for _, group in df.groupby(["technique", "params"]):
         assert sorted(group["threads"]) == [1, 2]
-        assert group["fid"].nunique() == 1
-        reused = group[group["quality_reused_from"].notna()]
-        assert len(reused) == 1 and reused.iloc[0]["quality_reused_from"] in set(group["spec_hash"])
+        assert_quality_reused_exactly_where_images_match(
+            group.astype(object).where(group.notna(), None).to_dict("records"))
     assert set(df["torch_threads"]) == {1, 2}
 
 
