@@ -144,8 +144,7 @@ def test_ray_executor_records_equal_inline_records_and_no_cell_rescores_images_a
     for sampler in ("ddim", "dpmpp_2m"):
         pair = [r for r in ray_records if r["spec"]["params"]["sampler"] == sampler]
         assert len(pair) == 2
-        assert_quality_reused_exactly_where_images_match(
-            [{**r["metrics"], "spec_hash": r["spec_hash"], "image_digests": r["image_digests"]} for r in pair])
+        assert_quality_reused_exactly_where_images_match(pair)
 
 
 def test_ray_without_ray_installed_or_reachable_is_one_line(tmp_path: Path) -> None:

@@ -31,11 +31,15 @@ def test_every_cell_is_stored_ok_with_every_measurement(tiny_sweep) -> None:
 
 
 def test_quality_is_reused_across_threads_not_recomputed(tiny_sweep) -> None:
-    _, df, _ = tiny_sweep
-    for _, group in df.groupby(["technique", "params"]):
-        assert sorted(group["threads"]) == [1, 2]
-        assert_quality_reused_exactly_where_images_match(
-            group.astype(object).where(group.notna(), None).to_dict("records"))
+    root, df, _ = tiny_sweep
+    groups: dict[str, list[dict]] = {}
+    for record in store.read_records(root / "results"):
+        key = json.dumps([record["spec"]["technique"], record["spec"]["params"]], sort_keys=True)
+        groups.setdefault(key, []).append(record)
+    assert len(groups) == TINY_CELLS // 2
+    for pair in groups.values():
+        assert sorted(r["spec"]["threads"] for r in pair) == [1, 2]
+        assert_quality_reused_exactly_where_images_match(pair)
     assert set(df["torch_threads"]) == {1, 2}
 
 
