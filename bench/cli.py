@@ -124,6 +124,19 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("techniques", help="list built-in and installed techniques: parameters, defaults, versions, the "
                                       "model kinds each supports")
 
+    versions = sub.add_parser(
+        "versions", help="each built-in technique's declared version and whether its code still matches it",
+        description="A technique's stored cells are current while its declared version (Technique.version) is; "
+                    "whether a code change needed a new version is decided by its behaviour fingerprint: the syntax "
+                    "tree, without docstrings, comments and declarations, of its module and every project module it "
+                    "imports. techniques/versions.json records the fingerprint each version was set at. Exit "
+                    "status 1 when a fingerprint moved while its version stayed.")
+    versions.add_argument("--update", action="store_true",
+                          help="record the fingerprints of techniques whose version was bumped (or that are new)")
+    versions.add_argument("--accept", action="append", default=[], metavar="NAME",
+                          help="record NAME's changed fingerprint at its current version: for a change proven to "
+                               "move no result (repeatable; say how it was proven in the commit)")
+
     new = sub.add_parser(
         "new-technique", help="scaffold a technique file, its contract test and its registration line",
         description="Write techniques/NAME.py (a working technique to edit: plain DDIM until you change it), "
@@ -322,7 +335,7 @@ def _techniques(args: argparse.Namespace) -> int:
         from bench.model import MODEL_KINDS
 
         unsupported = [k for k in MODEL_KINDS if k not in technique.model_kinds]
-        print(f"{name} ({origin}: {target}) version {technique.version()}\n    {technique.description}\n"
+        print(f"{name} ({origin}: {target}) version {technique.version}\n    {technique.description}\n"
               f"    params: {params}\n    models: {', '.join(technique.model_kinds)}"
               + (f" (cells on {', '.join(unsupported)} models are stored skipped"
                  + (f": {technique.model_kinds_reason})" if technique.model_kinds_reason else ")")
@@ -368,6 +381,29 @@ def _derive_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions(args: argparse.Namespace) -> int:
+    from bench import fingerprint
+    from techniques import BUILTIN
+
+    root = fingerprint.project_root()
+    now = fingerprint.current(root, BUILTIN)
+    unknown = sorted(set(args.accept) - set(now))
+    if unknown:
+        raise UserError(f"--accept {', '.join(unknown)}: not a built-in technique (known: {', '.join(sorted(now))})")
+    if args.update or args.accept:
+        refused = fingerprint.write_lock(root, now, frozenset(args.accept))
+        print(f"recorded {root / fingerprint.LOCK}" + (f"; not recorded: {', '.join(refused)}" if refused else ""))
+    recorded = fingerprint.read_lock(root)
+    for name, entry in now.items():
+        print(f"{name:22s} version {entry['version']}  fingerprint {entry['fingerprint']}  "
+              f"({len(entry['modules'])} modules)")
+    problems = fingerprint.problems(now, recorded)
+    for line in problems:
+        print(f"bench: {line}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 _COMMANDS = {"sweep": _sweep, "train": _train, "report": _report, "compare": _compare, "machines": _machines,
              "verdicts": _verdicts, "techniques": _techniques, "support": _support,
-             "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist}
+             "new-technique": _new_technique, "check-technique": _check_technique, "derive-mnist": _derive_mnist,
+             "versions": _versions}

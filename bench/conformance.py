@@ -99,7 +99,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def check_declaration(ctx: Context) -> None:
-    """Name, description, frozen ``Params`` with a default for every field, a source-derived version."""
+    """Name, description, frozen ``Params`` with a default for every field, a declared integer version."""
     t = ctx.technique
     _require(getattr(t, "name", None) == ctx.name,
              f"class attribute name = {getattr(t, 'name', None)!r}; set it to the registered name {ctx.name!r}")
@@ -109,7 +109,10 @@ def check_declaration(ctx: Context) -> None:
     missing = [f.name for f in dataclasses.fields(t.Params)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     _require(not missing, f"give every Params field a default (missing: {', '.join(missing)})")
-    _require(len(t.version()) == 12, "version() must return the 12-hex-digit source hash (do not override it)")
+    version = vars(type(t)).get("version")
+    _require(type(version) is int and version >= 1,
+             f"declare the class attribute version = 1 (an integer; bump it whenever a change can move a result), "
+             f"not {version!r}")
 
 
 def check_validate(ctx: Context) -> None:

@@ -38,12 +38,22 @@ def get(name: str) -> Technique:
     return _load(table[name])()
 
 
-def installed_versions(names: object) -> dict[str, str]:
-    """Technique name → the installed version (source hash), for the names that are installed here."""
+def current_versions(name: str) -> frozenset[int | str]:
+    """What a record of technique ``name`` may carry as ``technique_version`` and still be current: the installed
+    technique's declared version, and the source hashes it superseded (``techniques.LEGACY_SOURCE_HASHES``)."""
+    from techniques import LEGACY_SOURCE_HASHES
+
+    version = get(name).version
+    return frozenset({version, *(h for h, v in LEGACY_SOURCE_HASHES.get(name, {}).items() if v == version)})
+
+
+def installed_versions(names: object) -> dict[str, frozenset[int | str]]:
+    """Technique name → the version values its current records carry (``current_versions``), for the names
+    installed here; ``bench.store.is_stale`` compares a record against them."""
     out = {}
     for name in names:
         try:
-            out[str(name)] = get(str(name)).version()
+            out[str(name)] = current_versions(str(name))
         except UserError:
             pass
     return out

@@ -307,7 +307,7 @@ def training_costs(df: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("artifact").reset_index(drop=True)
 
 
-def stale_rows(df: pd.DataFrame, installed: dict[str, str]) -> pd.Series:
+def stale_rows(df: pd.DataFrame, installed: dict[str, frozenset]) -> pd.Series:
     """True where a row was recorded by a technique version other than the installed one."""
     if "technique_version" not in df:
         return pd.Series(False, index=df.index)
@@ -315,7 +315,7 @@ def stale_rows(df: pd.DataFrame, installed: dict[str, str]) -> pd.Series:
                                                                       strict=True)], index=df.index, dtype=bool)
 
 
-def caveats(df: pd.DataFrame, installed: dict[str, str]) -> list[str]:
+def caveats(df: pd.DataFrame, installed: dict[str, frozenset]) -> list[str]:
     """Plain-language warnings a reader must see before trusting or comparing the numbers."""
     notes, ok = [], ok_rows(df)
     if "energy_estimated" in ok and ok["energy_estimated"].fillna(False).astype(bool).any():

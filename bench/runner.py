@@ -126,7 +126,7 @@ class CellRunner:
     def skipped(self, cell: Cell, reason: str) -> dict[str, Any]:
         return {"spec_hash": cell.spec_hash, "status": "skipped", "reason": reason, "spec": cell.spec,
                 "machine": machines.machine_id(), "fingerprint": machines.fingerprint(),
-                "technique_version": registry.get(cell.spec["technique"]).version(),
+                "technique_version": registry.get(cell.spec["technique"]).version,
                 "provenance": provenance(cell.spec["device"])}
 
     def failure(self, cell: Cell, error: str, trace: str | None = None) -> dict[str, Any]:
@@ -380,7 +380,7 @@ class CellRunner:
                 "info": {**pipe.info, **({"batch_dependent": pipe.batch_dependent} if pipe.batch_dependent else {})},
                 "observations": observations, "artifacts": artifacts, "features": features,
                 "image_digests": digests, "machine": here, "fingerprint": machines.fingerprint(),
-                "roofline": ceilings, "technique_version": technique.version(), "sample_grid": grid,
+                "roofline": ceilings, "technique_version": technique.version, "sample_grid": grid,
                 "provenance": provenance(device), **({"class_correct": correct} if correct else {})}
 
     def _prompts(self, cell: Cell) -> list[str] | None:

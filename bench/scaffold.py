@@ -24,6 +24,7 @@ from techniques.step_reduction import SAMPLERS, make_sampler, validate_sampler
 
 class {cls}(Technique):
     name = "{name}"
+    version = 1  # bump whenever a change can move a result: cells of other versions become stale
     description = "TODO: one line shown by `python -m bench techniques` and in the report."
 
     @dataclass(frozen=True)

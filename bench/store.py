@@ -271,7 +271,7 @@ def read_record(file: Path) -> dict[str, Any]:
 # What readers of a record (sweep, report, compare) rely on; None is allowed wherever a value may be absent.
 _TOP_TYPES = {"schema_version": int, "written_at": str, "spec": dict, "metrics": dict, "raw": dict, "info": dict,
               "observations": dict, "artifacts": dict, "features": dict, "image_digests": dict, "machine": str,
-              "fingerprint": dict, "roofline": dict, "technique_version": str, "sample_grid": str,
+              "fingerprint": dict, "roofline": dict, "technique_version": (int, str), "sample_grid": str,
               "provenance": dict, "error": str, "reason": str, "traceback": str,
               "execution": dict, "class_correct": dict}
 _SPEC_TYPES = {"technique": str, "params": dict, "steps": int, "device": str, "dtype": str, "threads": int,
@@ -338,14 +338,16 @@ def check_record(record: Any) -> None:
         raise ValueError("raw.latency_batch_s must be a list of numbers")
 
 
-def _check_types(table: dict[str, Any], types: dict[str, type], where: str) -> None:
+def _check_types(table: dict[str, Any], types: dict[str, Any], where: str) -> None:
     for key, want in types.items():
         value = table.get(key)
         if value is None:
             continue
-        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        wants = want if isinstance(want, tuple) else (want,)
+        ok = isinstance(value, wants) and not (int in wants and isinstance(value, bool))
         if not ok:
-            raise ValueError(f"{where}{key} must be {want.__name__}, not {type(value).__name__}")
+            raise ValueError(f"{where}{key} must be {' or '.join(w.__name__ for w in wants)}, "
+                             f"not {type(value).__name__}")
 
 
 def _finite_number(value: Any) -> bool:
@@ -412,6 +414,7 @@ def load(path: Path | str) -> pd.DataFrame:
     return df
 
 
-def is_stale(technique: Any, version: Any, installed: dict[str, str]) -> bool:
-    """Recorded by a technique version other than the installed one (unknown techniques and versions are not)."""
-    return isinstance(version, str) and technique in installed and version != installed[technique]
+def is_stale(technique: Any, version: Any, installed: dict[str, frozenset]) -> bool:
+    """Recorded by a technique version other than the installed one (``installed``: technique → the version values
+    current records carry); records of techniques not installed, or with no version, are not."""
+    return version is not None and technique in installed and version not in installed[technique]

@@ -223,7 +223,7 @@ def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = Tr
     return [records[c.spec_hash] for c in cells if c.spec_hash in records]
 
 
-def _reusable(store: Store, versions: dict[str, str]) -> list[dict[str, Any]]:
+def _reusable(store: Store, versions: dict[str, frozenset]) -> list[dict[str, Any]]:
     """Stored ok records with features, recorded by the installed version of their technique."""
     import warnings
 

@@ -7,8 +7,6 @@ needs trained, and ``pipeline()``, which turns trained models into a sampler for
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -59,24 +57,24 @@ class Pipeline:
     flops_counted_on: dict[str, nn.Module] = field(default_factory=dict)
 
 
-CLAIMS_MARKER = "# -- declarations: paper claims, model kinds (not part of the technique's version) --"
-
-
 class Technique:
     """Base class for technique plugins; see docs in README."""
 
     name: ClassVar[str]
+    # The version of what the technique computes: stored cells of another version are stale (re-run by
+    # ``--rerun-stale``). Bump it with every change that can move a result; ``tests/test_versions.py`` fails when the
+    # code it depends on changes and it does not (``bench.fingerprint``). Every technique declares its own.
+    version: ClassVar[int] = 1
     description: ClassVar[str] = ""
     # Params changes the contract suite exercises besides the defaults, every sampler and every mode (e.g. a second
     # method or prior the same class implements): {"method": "consistency"}.
     contract_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
-    # The paper's claims, each with the stored cells that test it, once per recipe (``bench.verdicts.Claim``):
-    # ``python -m bench verdicts`` and the report judge them. Assign them below CLAIMS_MARKER at the end of the
-    # technique's file: what follows that line is not part of the technique's version, so stating a claim never
-    # marks stored results stale.
+    # The paper's claims, each with the stored cells that test it, once per recipe (``bench.claims.Claim``):
+    # ``python -m bench verdicts`` and the report judge them. A declaration, not behaviour: stating a claim never
+    # marks stored results stale (``bench.fingerprint.DECLARATIONS``).
     claims: ClassVar[tuple[Any, ...]] = ()
     # The base models it can work on (``bench.model.MODEL_KINDS``); a cell on another kind is stored ``skipped``
-    # with the reason. Declared below CLAIMS_MARKER too, so widening it does not mark results stale.
+    # with the reason. A declaration too: widening it does not mark results stale.
     model_kinds: ClassVar[tuple[str, ...]] = ("unconditional",)
     # Why the other kinds are not supported, in a clause (stored in their skipped cells' reason).
     model_kinds_reason: ClassVar[str] = ""
@@ -118,12 +116,6 @@ class Technique:
         """Sections for the report from this technique's rows of the results store (a DataFrame with one row per
         cell, ``observations`` and ``info`` as dicts); the report knows nothing about any one technique."""
         return []
-
-    @classmethod
-    def version(cls) -> str:
-        """A hash of the technique's source file (up to CLAIMS_MARKER): results from older code can be recognised."""
-        source = inspect.getsource(inspect.getmodule(cls)).split(CLAIMS_MARKER)[0]
-        return hashlib.sha256(source.encode()).hexdigest()[:12]
 
     @classmethod
     def param_fields(cls) -> dict[str, Any]:

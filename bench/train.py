@@ -33,6 +33,9 @@ class Objective:
     (a frozen teacher, a discriminator with its own optimiser, extra curves for the training record).
     """
 
+    # The version of what the objective trains: a recipe's key includes it, so a changed loss trains a new artifact
+    # instead of reusing one the old loss made. Bump it with every change that can move the trained weights.
+    version = 1
     trains = True  # False: the artifact is built (e.g. imported, or fitted in closed form), not optimised
     build_wall_s = 0.0  # seconds ``build`` spent making the artifact itself (a fit): counted as its training time
 
@@ -84,6 +87,7 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 
     def wrap(cls: type[Objective]) -> type[Objective]:
         OBJECTIVES[name] = cls
+        zoo.OBJECTIVE_VERSIONS[name] = int(cls.version)
         return cls
 
     return wrap

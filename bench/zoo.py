@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -26,6 +27,9 @@ from bench.errors import UserError
 SHIPPED_ZOO = Path(__file__).parent / "artifacts"
 RECORD_FILE = "training_record.json"
 RECIPE_FILE = "recipe.json"
+# Objective name → its declared version (``bench.train.Objective.version``), filled as objectives register. A recipe's
+# key includes its objective's version from 2 on: the artifacts every version-1 objective trained keep their keys.
+OBJECTIVE_VERSIONS: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class Recipe:
         from bench import data
 
         fields = self.to_dict()
+        if self.objective not in OBJECTIVE_VERSIONS:
+            # registers the built-in objectives' versions; by name, so a technique's behaviour fingerprint does not
+            # take in the whole training module for a number that reaches it only through this key
+            importlib.import_module("bench.train")
+        if OBJECTIVE_VERSIONS.get(self.objective, 1) != 1:
+            fields["objective_version"] = OBJECTIVE_VERSIONS[self.objective]
         content = data.identity(self.dataset)
         if content is not None:  # a folder dataset: addressed by what it holds, not by where it lies
             fields["dataset"] = f"folder-content:{content}"

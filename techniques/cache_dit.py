@@ -43,6 +43,7 @@ from techniques.step_reduction import SAMPLERS, make_sampler, validate_sampler
 
 class CacheDiT(Technique):
     name = "cache_dit"
+    version = 1
     description = ("Training-free DBCache (the cache-dit engine) over a DiT's transformer blocks, with any fast "
                    "sampler; FLOPs are those that ran.")
     contract_variants = ({"residual_diff_threshold": 0.3, "max_warmup_steps": 2, "bn_compute_blocks": 0},)
@@ -183,8 +184,9 @@ class _Cache:
                 "max_warmup_steps": p.max_warmup_steps, "warmup_interval": p.warmup_interval,
                 "max_cached_steps": p.max_cached_steps, "max_continuous_cached_steps": p.max_continuous_cached_steps,
                 "enable_separate_cfg": "per sampler call: whether it is guided"}
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-CacheDiT.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (it needs a DiT's blocks, not labels)
+
+
+CacheDiT.model_kinds = ("unconditional", "class", "text")  # (it needs a DiT's blocks, not labels)
 CacheDiT.contract_arch = "dit"
 CacheDiT.model_kinds_reason = "its DiT adapter needs a DiTTransformer2DModel's blocks"
 CacheDiT.accelerates = True

@@ -38,6 +38,7 @@ from techniques.step_reduction import SAMPLERS, make_sampler, validate_sampler
 
 class DeepCache(Technique):
     name = "deepcache"
+    version = 1
     description = ("Training-free reuse of a U-Net's deep features across steps (the DeepCache package), with any "
                    "fast sampler; FLOPs are those that ran.")
     contract_variants = ({"cache_interval": 2, "cache_branch_id": 1},)
@@ -173,7 +174,6 @@ def _inside_transformer(module: nn.Module, net: nn.Module) -> bool:
     return False
 
 
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-DeepCache.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (it caches U-Net blocks, any condition)
+DeepCache.model_kinds = ("unconditional", "class", "text")  # (it caches U-Net blocks, any condition)
 DeepCache.model_kinds_reason = "it caches a U-Net's blocks"
 DeepCache.accelerates = True

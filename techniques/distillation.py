@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from bench.claims import CellRef, Claim
 from bench.model import Denoiser, load_denoiser, save_denoiser
 from bench.sampling import DiscreteSchedule, StepInfo, noise_like
 from bench.technique import Pipeline, ReportSection, Technique
@@ -159,6 +160,7 @@ class ConsistencyObjective(_DistillationObjective):
 
 class Distillation(Technique):
     name = "distillation"
+    version = 1
     description = ("Distilled students of the base model: progressive distillation (v-students for 8/4/2/1 steps "
                    "from a 16-step DDIM teacher) and consistency distillation (LCM form, one- and few-step).")
     contract_variants = ({"method": "consistency"}, {"method": "progressive", "optimiser": "paper"},
@@ -302,9 +304,6 @@ def consistency_sample(sch: DiscreteSchedule, model: Denoiser, timesteps: list[i
             callback(StepInfo(i, float(t), x))
     return x
 
-
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 _MATCHED_RECIPE = "ours (matched budget): the ε-teacher on the linear schedule read as v, lr 2e-4 + EMA"
 _PAPER_RECIPE = "paper's: a v-teacher on the cosine schedule, lr 5e-5 → 0 per stage, no EMA (1000 steps per halving)"

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.claims import CellRef, Claim
 from bench.errors import UserError
 from bench.model import Denoiser, build_unet
 from bench.technique import Pipeline, ReportSection, Technique
@@ -261,6 +262,7 @@ def dual_recipe(base: Recipe, init: str = "scratch", gate_loss: str = "paper") -
 
 class DualOutput(Technique):
     name = "dual_output"
+    version = 1
     description = ("Dynamic dual-output denoiser (Benny & Wolf 2022): x̂_0 and ε heads mixed by a learned per-pixel "
                    "gate; ablations ε-only, x̂_0-only, the time-only gate; the gate trained as the paper's code or "
                    "balanced over t, from scratch, as a gate fine-tune or warm-started from the baseline.")
@@ -367,9 +369,6 @@ def training_label(init: str, gate_loss: str) -> str:
     start = {"scratch": "from scratch", "dual": "gate fine-tune", "baseline": "warm start"}.get(init, init)
     return f"{start}, {gate_loss} gate loss"
 
-
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 _MATCHED_RECIPE = "ours (matched budget): from scratch, 4000 × 64, the official loss"
 _GATE_TUNE_PAPER = "gate fine-tune of ours with the official, c1²-weighted gate term (control)"

@@ -41,6 +41,7 @@ _TAYLORSEER_MODULES = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.
 
 class FeatureCache(Technique):
     name = "feature_cache"
+    version = 1
     description = ("Training-free feature caching by diffusers' hooks (First Block Cache, TaylorSeer) on a "
                    "transformer denoiser, with any fast sampler; FLOPs are those that ran.")
     contract_variants = ({"method": "taylorseer"},)
@@ -173,8 +174,9 @@ class _Cache:
                  else {"cache_interval": p.cache_interval, "disable_cache_before_step": p.warmup_steps,
                        "cache_identifiers": list(_TAYLORSEER_MODULES), "taylor_factors_dtype": "float32"})
         return {"library": "diffusers.hooks", "method": p.method, "blocks": self.blocks, **knobs}
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-FeatureCache.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (hooks need transformer blocks, not labels)
+
+
+FeatureCache.model_kinds = ("unconditional", "class", "text")  # (hooks need transformer blocks, not labels)
 FeatureCache.contract_arch = "dit"
 FeatureCache.model_kinds_reason = "its hooks need a transformer's blocks"
 FeatureCache.accelerates = True

@@ -120,6 +120,7 @@ class GuidedProgressiveObjective(_ConditionalStudent, ProgressiveObjective):
 
 class GuidanceDistillation(Technique):
     name = "guidance_distillation"
+    version = 1
     description = ("Guidance-distilled students of a class-conditional model (Meng et al. 2023): one evaluation per "
                    "step with the guidance scale as input (any sampler), then progressively distilled to 4/2/1 steps.")
     contract_variants = ({"method": "progressive"},)
@@ -179,5 +180,4 @@ class GuidanceDistillation(Technique):
                               "guidance_range": [params.w_min, params.w_max]})
 
 
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-GuidanceDistillation.model_kinds = ("class",)  # noqa: E305  (it distils classifier-free guidance: labels needed)
+GuidanceDistillation.model_kinds = ("class",)  # (it distils classifier-free guidance: labels needed)

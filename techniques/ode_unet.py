@@ -43,6 +43,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from bench.claims import CellRef, Claim
 from bench.model import Denoiser, load_denoiser
 from bench.technique import Pipeline, ReportSection, Technique
 from bench.train import DiffusionObjective, register_objective
@@ -216,6 +217,7 @@ class ODEEpsilonObjective(DiffusionObjective):
 
 class ODEUNet(Technique):
     name = "ode_unet"
+    version = 1
     description = ("Continuous U-Net (Beyond U, Calvo-Ordonez et al.): neural-ODE blocks with FiLM time conditioning, "
                    "bilinear resampling, 1×1-merged skips; trained like the baseline; any step-reduction sampler.")
 
@@ -315,8 +317,6 @@ def matched_unet_cost(baseline: Any, ode: Denoiser) -> dict[str, Any]:
 def _ratio(a: float, b: float | None) -> float | None:
     return round(float(a) / float(b), 3) if b else None
 
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 _MATCHED_RECIPE = ("ours (matched): the base U-Net's widths, one ODE block per level, against the U-Net with one "
                    "block per level")

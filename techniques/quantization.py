@@ -29,6 +29,7 @@ SCHEMES = {"int8_weight_only": "Int8WeightOnlyConfig"}
 
 class Quantization(Technique):
     name = "quantization"
+    version = 1
     description = ("Weight quantization of the denoiser's linear layers by torchao (int8 weight-only), with any fast "
                    "sampler; weight bytes recorded, time measured on the cell's own hardware.")
 
@@ -72,6 +73,7 @@ def weight_bytes(net: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)
     return buffer.tell()
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-Quantization.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (it changes weights, not inputs)
+
+
+Quantization.model_kinds = ("unconditional", "class", "text")  # (it changes weights, not inputs)
 Quantization.accelerates = True

@@ -26,6 +26,7 @@ WEIGHTS = ("qint8", "qint4", "qint2", "qfloat8")  # quanto's weight types (``opt
 
 class Quanto(Technique):
     name = "quanto"
+    version = 1
     description = ("Weight quantization of the denoiser's linear and convolution layers by optimum-quanto (int8, "
                    "int4, int2 or float8 weights), with any fast sampler; weight bytes recorded, time measured on "
                    "the cell's own hardware.")
@@ -69,6 +70,7 @@ class Quanto(Technique):
                                                "weight_bytes": weight_bytes(net), "weight_bytes_before": before,
                                                "flops_counted_on": "the unquantized network (quanto's kernels "
                                                                    "escape the FLOP counters)"}})
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-Quanto.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (it changes weights, not inputs)
+
+
+Quanto.model_kinds = ("unconditional", "class", "text")  # (it changes weights, not inputs)
 Quanto.accelerates = True

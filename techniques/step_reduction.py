@@ -41,6 +41,7 @@ SPACINGS = ("leading", "trailing", "linspace")
 
 class StepReduction(Technique):
     name = "step_reduction"
+    version = 1
     description = "Training-free fast samplers over the base model (diffusers schedulers, harness loop)."
 
     @dataclass(frozen=True)
@@ -86,5 +87,6 @@ def make_sampler(denoiser: Any, sampler: str, steps: int, eta: float = 0.0,
         return scheduler_loop(denoiser, scheduler, steps, gens, callback, **step_kwargs)
 
     return sample
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-StepReduction.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (samplers need only x_t and t)
+
+
+StepReduction.model_kinds = ("unconditional", "class", "text")  # (samplers need only x_t and t)

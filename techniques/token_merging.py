@@ -33,6 +33,7 @@ DOWNSAMPLES = (1, 2, 4, 8)
 
 class TokenMerging(Technique):
     name = "token_merging"
+    version = 1
     description = ("Training-free token merging in a U-Net's transformer blocks (tomesd), with any fast sampler; "
                    "FLOPs are those that ran on the merged tokens.")
     contract_variants = ({"ratio": 0.3, "merge_mlp": True},)
@@ -177,8 +178,7 @@ def _token_downsamples(net: nn.Module, denoiser: Any, x: torch.Tensor, t: torch.
     return factors
 
 
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-TokenMerging.model_kinds = ("unconditional", "class", "text")  # noqa: E305  (it merges tokens, any condition)
+TokenMerging.model_kinds = ("unconditional", "class", "text")  # (it merges tokens, any condition)
 TokenMerging.model_kinds_reason = "it merges a transformer block's tokens"
 TokenMerging.contract_arch = "dit"
 TokenMerging.accelerates = True

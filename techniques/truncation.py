@@ -38,6 +38,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from bench.claims import CellRef, Claim
 from bench.model import load_denoiser, save_denoiser
 from bench.sampling import DiscreteSchedule, StepInfo, noise_like
 from bench.technique import Pipeline, ReportSection, Technique
@@ -367,6 +368,7 @@ class TDPMObjective(DiffusionObjective):
 
 class Truncation(Technique):
     name = "truncation"
+    version = 1
     description = ("Truncated diffusion: a cheap prior gives x̂_0, diffused to T', then only the last T' reverse steps "
                    "(ES-DDPM with a VAE prior; TDPM-style implicit prior sharing the denoiser's weights; TDPM's GAN "
                    "recipe emitting x_T' itself).")
@@ -536,9 +538,6 @@ class Truncation(Technique):
                                           figures=[fig]))
         return sections
 
-
-# -- declarations: paper claims, model kinds (not part of the technique's version) --
-from bench.verdicts import CellRef, Claim  # noqa: E402  (below the marker: not part of the version)
 
 Truncation.claims = tuple(
     Claim(f"a truncated chain from a learned prior beats the full model at equal NFE ({substeps + 1}) (Zheng et al. "

@@ -24,6 +24,7 @@ SCHEDULERS = {
 
 class KarrasSigmas(Technique):
     name = "karras_sigmas"
+    version = 1
     description = "EDM (Karras et al. 2022) sigma spacing, rho = 7, for Euler, Heun and DPM-Solver++ on the base model."
 
     @dataclass(frozen=True)
