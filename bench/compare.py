@@ -210,7 +210,7 @@ def _present(value: Any) -> Any:
 
 
 def label(row: Any) -> str:
-    from bench.report import guidance_label
+    from bench.labels import guidance_label
 
     params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
     shown = " ".join(f"{k}={v}" for k, v in params.items() if k not in ("eta", "timestep_spacing"))

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from bench import config as cfg
 from bench import machine as machines
-from bench import registry, zoo
+from bench import registry, train, zoo
 from bench.cell import Cell
 from bench.conditioning import Guidance, conditional_sampler
 from bench.conditioning import describe as describe_conditions
@@ -149,7 +149,7 @@ class CellRunner:
     def _quality_refs(self) -> tuple[quality.Extractor, torch.Tensor]:
         if self._extractor is None:
             m, q = self.config.model, self.config.quality
-            self._extractor = quality.resolve_extractor(q.extractor, m.dataset, m.resolution, q.extractor_steps,
+            self._extractor = train.resolve_extractor(q.extractor, m.dataset, m.resolution, q.extractor_steps,
                                                         self.progress)
             self._reference = quality.reference_features(m.dataset, q.reference_split, m.resolution, q.reference_n,
                                                          self._extractor)

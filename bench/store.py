@@ -402,16 +402,10 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(path: Path | str) -> pd.DataFrame:
-    """All records under ``path`` as one DataFrame, one row per cell (several stores below ``path`` are merged);
-    ``stale`` is True where the record was written by another version of its technique than the installed one."""
-    df = pd.DataFrame([flatten(r) for r in read_records(path)])
-    if not df.empty:
-        from bench.registry import installed_versions
-
-        installed = installed_versions(df["technique"].dropna().unique())
-        df["stale"] = [is_stale(t, v, installed) for t, v in zip(df["technique"], df["technique_version"],
-                                                                  strict=True)]
-    return df
+    """All records under ``path`` as one DataFrame, one row per cell (several stores below ``path`` are merged).
+    Whether a row is stale depends on the techniques installed, which the store knows nothing of:
+    ``bench.frames.mark_stale`` adds that column."""
+    return pd.DataFrame([flatten(r) for r in read_records(path)])
 
 
 def is_stale(technique: Any, version: Any, installed: dict[str, frozenset]) -> bool:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from bench import data, zoo
 from bench.errors import UserError
 from bench.extractor import DigitClassifier, load_classifier, save_classifier
+from bench.measure import quality
 from bench.model import Decoder, Denoiser, build_network, load_denoiser, save_denoiser
 from bench.provenance import provenance
 
@@ -390,3 +391,15 @@ def _write_artifact(recipe, objective, model, out: Path, wall: float, curve: lis
         shutil.rmtree(final)
     os.replace(tmp, final)
     return zoo.Artifact(recipe, final)
+
+
+def resolve_extractor(choice: str, dataset: str, resolution: int, steps: int = 1500,
+                      progress: bool = True) -> quality.Extractor:
+    """The extractor ``quality.extractor`` names for (dataset, resolution): a zoo extractor (trained if missing;
+    ``auto`` is the classifier on labelled data, the SimCLR encoder on unlabelled) or ``inception-v3-compat``."""
+    from bench import recipes
+
+    recipe = recipes.extractor_recipe(choice, dataset, resolution, steps)
+    if recipe is None:
+        return quality.inception()
+    return quality.zoo_extractor(ensure(recipe, progress=progress))

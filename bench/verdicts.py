@@ -48,11 +48,11 @@ def find(results: Path, ref: CellRef, cache: dict[str, pd.DataFrame]) -> pd.Seri
     """The ok cell ``ref`` names (fresh before stale, the default hardware point where a store swept hardware)."""
     import pandas as pd
 
-    from bench import store
+    from bench import frames, store
 
     if ref.store not in cache:
         path = results / ref.store
-        cache[ref.store] = store.load(path) if (path / "records").is_dir() else pd.DataFrame()
+        cache[ref.store] = frames.mark_stale(store.load(path)) if (path / "records").is_dir() else pd.DataFrame()
     df = cache[ref.store]
     if df.empty:
         return None

@@ -167,12 +167,12 @@ class _PriorFID:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> float:
-        from bench import data
+        from bench import data, train
         from bench.measure import quality
 
         r = self.recipe
         if self._quality is None:
-            extractor = quality.resolve_extractor("auto", r.dataset, r.resolution)
+            extractor = train.resolve_extractor("auto", r.dataset, r.resolution)
             n_ref = min(1000, len(data.load(r.dataset, "test", r.resolution).images))
             self._quality = extractor, quality.reference_features(r.dataset, "test", r.resolution, n_ref, extractor)
         extractor, ref = self._quality

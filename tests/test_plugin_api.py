@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench import conformance, registry, store
+from bench import conformance, frames, registry, store
 from bench.technique import Pipeline, Technique
 from tests.conftest import ROOT, TINY_CONFIG, run_cli
 
@@ -123,7 +123,7 @@ def test_stale_records_are_marked_and_rerun_on_request(tiny_sweep, tmp_path: Pat
     record = json.loads(record_file.read_text())
     record["technique_version"] = "0" * 12
     record_file.write_text(json.dumps(record))
-    df = store.load(copy)
+    df = frames.load_stores([copy])
     assert df["stale"].sum() == 1 and df.loc[df["stale"], "spec_hash"].item() == record["spec_hash"]
 
     plain = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(copy), "--no-progress", "--report",
@@ -133,4 +133,4 @@ def test_stale_records_are_marked_and_rerun_on_request(tiny_sweep, tmp_path: Pat
     rerun = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(copy), "--no-progress", "--report",
                     str(tmp_path / "r.html"), "--rerun-stale")
     assert rerun.returncode == 0 and rerun.stdout.count("already stored") == len(df) - 1
-    assert not store.load(copy)["stale"].any()
+    assert not frames.load_stores([copy])["stale"].any()

@@ -3,12 +3,12 @@ keyed by (dataset, split, resolution, N, extractor hash)."""
 
 import torch
 
-from bench import data
+from bench import data, train
 from bench.measure import quality
 
 
 def test_fid_orders_real_blurred_noise() -> None:
-    extractor = quality.resolve_extractor("auto", "digits", 8, steps=150)
+    extractor = train.resolve_extractor("auto", "digits", 8, steps=150)
     ref = quality.reference_features("digits", "test", 8, 300, extractor)
     real = data.load("digits", "train", 8).images[:300]
     blurred = torch.nn.functional.avg_pool2d(real.float(), 3, 1, 1).round().to(torch.uint8)

@@ -50,27 +50,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench")).expanduser() / "fidelity"
 
 
-def resolve_extractor(choice: str, dataset: str, resolution: int, steps: int = 1500,
-                      progress: bool = True) -> Extractor:
-    """The extractor ``quality.extractor`` names for (dataset, resolution): a zoo extractor (trained if missing;
-    ``auto`` is the classifier on labelled data, the SimCLR encoder on unlabelled) or ``inception-v3-compat``."""
-    from bench import extractor, recipes, train
+def zoo_extractor(artifact: zoo.Artifact) -> Extractor:
+    """The extractor a trained zoo artifact (the offline classifier or SimCLR encoder) gives, registered with
+    torch-fidelity under its weights' hash. Training one is the caller's (``bench.train.resolve_extractor``)."""
+    from bench import extractor
 
-    recipe = recipes.extractor_recipe(choice, dataset, resolution, steps)
-    if recipe is None:
-        return _inception()
-    artifact = train.ensure(recipe, progress=progress)
     sha = artifact.record["weights_sha256"]
-    kind = recipe.objective
+    kind = artifact.recipe.objective
     name = extractor.register(artifact.path, sha, kind)
     what = "classifier" if kind == "classifier" else "contrastive (SimCLR) encoder"
     return Extractor(name, extractor.FEATURES, sha,
                      f"offline {what} {artifact.recipe.name} ({artifact.recipe.key}), 64-d penultimate features")
 
 
+def inception() -> Extractor:
+    """torch-fidelity's Inception-v3 (its weights must be in torch's hub cache: they are downloaded once)."""
+    return _inception()
+
+
 def check_extractor(choice: str) -> None:
-    """Raise the one-line error ``resolve_extractor`` would, before any training: here, only Inception's weights can
-    be missing (the zoo trains its own extractors)."""
+    """Raise the one-line error ``bench.train.resolve_extractor`` would, before any training: here, only
+    Inception's weights can be missing (the zoo trains its own extractors)."""
     if choice == INCEPTION:
         _inception()
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-from bench import data
+from bench import data, train
 from bench.compare import match_key
 from bench.measure import quality
 from bench.store import load
@@ -35,7 +35,7 @@ REAL_SETS = {"test[2000:3000]": ("test", 2000, 3000), "test[3000:4000]": ("test"
 
 def real_vs_real(choice: str, reference_n: int, seed: int = 0) -> list[dict]:
     """FID of each real set against the first ``reference_n`` test images (the cells' reference)."""
-    extractor = quality.resolve_extractor(choice, "mnist", 16)
+    extractor = train.resolve_extractor(choice, "mnist", 16)
     reference = quality.reference_features("mnist", "test", 16, reference_n, extractor)
     out = []
     for name, (split, start, stop) in REAL_SETS.items():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import report, stats
+from bench import frames, report, stats
 from bench.compare import Comparer, label
 from bench.store import load_features
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     largest = int(min(e["generated"]["shape"][0] for e in ok["features"]))
     ns = [n for n in args.ns if n <= largest]
     ref = load_features(ok.iloc[0]["store"], ok.iloc[0]["features"]["reference"])
-    verdicts = report.Verdicts(ok, args.reference)
+    verdicts = frames.PairedVerdicts(ok, args.reference)
     pairs = verdicts.reference_pairs()
     comparer = Comparer(draws=args.draws)
     print(f"{len(ok)} cells with {largest} seeds each; {len(pairs)} headline pairs against {args.reference}; "
