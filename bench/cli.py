@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override one config key, e.g. --set quality.extractor=simclr --set name=mine (repeatable; "
                             "VALUE is a TOML value or a bare string)")
-    sweep.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print the plan and exit: each cell to run or kept (stored, stale or failed, and why) "
+                            "and the artifacts to train; nothing runs and nothing is written")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
     sweep.add_argument("--rerun-stale", action="store_true",
                        help="rerun cells stored by an older version of their technique (its source changed)")
@@ -186,15 +188,12 @@ def _sweep(args: argparse.Namespace) -> int:
     if overrides:
         config = dataclasses.replace(config, executor=dataclasses.replace(config.executor, **overrides))
         cfg.validate(config)
-    cells = sweep.expand(config)
+    the_plan = sweep.plan(config, retry_failed=args.retry_failed, rerun_stale=args.rerun_stale)
     if args.dry_run:
-        for n, cell in enumerate(cells, 1):
-            print(f"{n:4d}  {cell.spec_hash}  {cell.label()}  n={cell.spec['n_samples']}")
-        print(f"{len(cells)} cells → {config.store_path}")
+        print("\n".join(the_plan.lines()))
         return 0
     start = time.perf_counter()
-    records = sweep.run(config, retry_failed=args.retry_failed, progress=not args.no_progress,
-                        rerun_stale=args.rerun_stale)
+    records = sweep.execute(the_plan, progress=not args.no_progress)
     df = store.load(config.store_path)
     print("\n" + report.summary_table(df))
     # an unchanged store, options and code leave the report as it is (an unchanged rerun stays fast)
@@ -217,9 +216,9 @@ def report_path(config) -> Path:
 
 
 def _machines(args: argparse.Namespace) -> int:
-    from bench import machine, report
+    from bench import frames, machine
 
-    df = report.load_stores(args.results, keep_superseded=True)
+    df = frames.load_stores(args.results, keep_superseded=True)
     if df.empty:
         raise UserError(f"no records in {', '.join(map(str, args.results))}")
     for machine_id, rows in df.groupby("machine", sort=True):
@@ -266,10 +265,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench import report
+    from bench import frames, report
 
     start = time.perf_counter()
-    report.parse_series(args.reference)  # a malformed series: one line before any work
+    frames.parse_series(args.reference)  # a malformed series: one line before any work
     out = report.write(args.results, args.out, args.title, args.pool_hardware, args.reference)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - start:.1f} s")
     return 0
@@ -278,7 +277,7 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bench import compare, report
+    from bench import compare, frames
 
     if args.draws < 2:
         raise UserError("--draws must be at least 2")
@@ -286,7 +285,7 @@ def _compare(args: argparse.Namespace) -> int:
     comparer = compare.Comparer(draws=args.draws)
     a_dir, b_dir = Path(args.a), Path(args.b)
     if a_dir.is_dir() and b_dir.is_dir():
-        df_a, df_b = report.load_stores([a_dir]), report.load_stores([b_dir])
+        df_a, df_b = frames.load_stores([a_dir]), frames.load_stores([b_dir])
         for path, df in ((a_dir, df_a), (b_dir, df_b)):
             if df.empty:
                 raise UserError(f"results store {path} holds no records")
@@ -295,7 +294,7 @@ def _compare(args: argparse.Namespace) -> int:
     elif a_dir.is_dir() or b_dir.is_dir():
         raise UserError("give two cell ids or two store folders, not one of each")
     else:
-        df = report.load_stores(args.results, keep_superseded=True)  # any stored cell may be named
+        df = frames.load_stores(args.results, keep_superseded=True)  # any stored cell may be named
         table = pd.DataFrame([compare.compare_cells(compare.find_cell(df, args.a), compare.find_cell(df, args.b),
                                                 comparer)])
         title = f"bench compare {args.a} → {args.b}"

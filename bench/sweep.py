@@ -1,4 +1,4 @@
-"""Expand a sweep config into cells and run them into the results store.
+"""A sweep: its config expanded into cells, a plan of what runs (``plan``), then its execution into the store.
 
 A cell is (technique, params, steps) × (device, dtype, threads, compile, batch) with the quality settings. Its spec
 hash addresses its record, so a rerun skips cells already stored.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench import config as cfg
@@ -144,66 +145,138 @@ def expand(config: cfg.SweepConfig, machine: str | None = None) -> list[Cell]:
     return cells
 
 
-def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = True,
-        rerun_stale: bool = False) -> list[dict[str, Any]]:
-    """Run every cell not yet in the store (and, if asked, those stored as failed or by an older technique version)
-    on the configured executor; returns the records of all cells (stored and new).
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell of a plan: what the sweep does with it and why."""
 
-    Only this driver writes records, one atomic file per cell, as each result arrives: killed at any moment, the store
-    holds every finished cell and a rerun redoes at most the cells that were in flight. Cells are claimed just before
-    they start, so two sweeps sharing a store split the work instead of duplicating it. Every artifact the cells to
-    run need is trained (once, under the zoo's lock) before the first cell starts; cells receive them by hash.
-    """
-    from bench import delivery, executors
+    cell: Cell
+    action: str  # "run", or "keep" (its stored record stands)
+    why: str  # "new", "stored (ok)", "stale: …", "failed before: …"
+    existing: dict[str, Any] | None = None
+
+
+@dataclass
+class Plan:
+    """What ``run`` will do for a config, decided before anything runs: each cell run or kept (stored, stale or
+    failed, with the reason), the zoo artifacts the cells to run need (trained already, or to train), and the stored
+    records new cells may reuse quality from. ``python -m bench sweep --dry-run`` prints it."""
+
+    config: cfg.SweepConfig
+    cells: list[PlannedCell]
+    versions: dict[str, frozenset]  # technique → the version values its current records carry
+    retry_failed: bool = False
+    rerun_stale: bool = False
+    artifacts: list[tuple[recipes.Recipe, bool]] = field(default_factory=list)  # (recipe, already in a zoo)
+    reusable: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [p.cell for p in self.cells if p.action == "run"]
+
+    def lines(self) -> list[str]:
+        """The plan as the dry run prints it: one line per cell, then the artifacts and the totals."""
+        out = [f"{n:4d}  {p.cell.spec_hash}  {p.cell.label()}  n={p.cell.spec['n_samples']}  "
+               f"{p.action}: {p.why}" for n, p in enumerate(self.cells, 1)]
+        to_train = [r for r, present in self.artifacts if not present]
+        out.append(f"artifacts: {len(self.artifacts)} needed, {len(to_train)} to train"
+                   + "".join(f"\n  train {r.folder_name} ({r.objective}, {r.steps} steps)" for r in to_train))
+        out.append(f"{len(self.cells)} cells: {len(self.todo)} to run, {len(self.cells) - len(self.todo)} kept "
+                   f"→ {self.config.store_path}")
+        return out
+
+
+def plan(config: cfg.SweepConfig, retry_failed: bool = False, rerun_stale: bool = False) -> Plan:
+    """Decide, reading the store and the zoo but changing neither, what a sweep of ``config`` will run."""
+    from bench import zoo
 
     cells = expand(config)
     store = Store(config.store_path)
+    versions = registry.installed_versions({c.spec["technique"] for c in cells})
+    planned = []
+    for cell in cells:
+        existing = store.get(cell.spec_hash) if store.root.is_dir() else None
+        planned.append(_decide(cell, existing, versions, retry_failed, rerun_stale))
+    todo = [p.cell for p in planned if p.action == "run"]
+    artifacts = [(r, zoo.find(r) is not None) for r in needed_artifacts(config, todo)] if todo else []
+    reusable = _reusable(store, versions) if todo and store.root.is_dir() else []
+    return Plan(config, planned, versions, retry_failed, rerun_stale, artifacts, reusable)
+
+
+def _decide(cell: Cell, existing: dict[str, Any] | None, versions: dict[str, frozenset], retry_failed: bool,
+            rerun_stale: bool) -> PlannedCell:
+    """Run a cell that is not stored, or that is stored failed (with ``retry_failed``) or stale (with
+    ``rerun_stale``); keep every other stored record."""
+    if existing is None:
+        return PlannedCell(cell, "run", "new")
+    stale = is_stale(existing.get("spec", {}).get("technique"), existing.get("technique_version"), versions)
+    failed = existing["status"] == "failed"
+    error = str(existing.get("error") or "?").splitlines()[0] if failed else ""
+    why = (f"stale: recorded by version {existing.get('technique_version')} of the technique" if stale
+           else f"failed before: {error}" if failed else f"stored ({existing['status']})")
+    if (retry_failed and failed) or (rerun_stale and stale):
+        return PlannedCell(cell, "run", why, existing)
+    hint = "; --rerun-stale refreshes it" if stale else "; --retry-failed reruns it" if failed else ""
+    return PlannedCell(cell, "keep", why + hint, existing)
+
+
+def run(config: cfg.SweepConfig, retry_failed: bool = False, progress: bool = True,
+        rerun_stale: bool = False) -> list[dict[str, Any]]:
+    """Plan the sweep (``plan``), then execute it on the configured executor; returns the records of all cells
+    (stored and new)."""
+    return execute(plan(config, retry_failed, rerun_stale), progress)
+
+
+def execute(the_plan: Plan, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the plan's cells to run and return the records of all its cells (kept and new).
+
+    Only this driver writes records, one atomic file per cell, as each result arrives: killed at any moment, the store
+    holds every finished cell and a rerun redoes at most the cells that were in flight. Cells are claimed just before
+    they start, so two sweeps sharing a store split the work instead of duplicating it (a cell another sweep stored
+    meanwhile is re-decided by the plan's rule). Every artifact the cells to run need is trained (once, under the
+    zoo's lock) before the first cell starts; cells receive them by hash.
+    """
+    from bench import delivery, executors
+
+    config, cells = the_plan.config, [p.cell for p in the_plan.cells]
+    store = Store(config.store_path)
     store.prepare()
     executor = executors.make(config, progress)
-    versions = registry.installed_versions({c.spec["technique"] for c in cells})
     number = {cell.spec_hash: n for n, cell in enumerate(cells, 1)}
     records: dict[str, dict[str, Any]] = {}
 
     def prefix(cell: Cell) -> str:
         return f"[{number[cell.spec_hash]}/{len(cells)}] {cell.label()}"
 
-    def wanted(existing: dict[str, Any] | None) -> bool:
-        if existing is None:
-            return True
-        stale = is_stale(existing.get("spec", {}).get("technique"), existing.get("technique_version"), versions)
-        return (retry_failed and existing["status"] == "failed") or (rerun_stale and stale)
-
-    todo = []
-    for cell in cells:
-        existing = store.get(cell.spec_hash)
-        if wanted(existing):
-            todo.append(cell)
-            continue
-        stale = is_stale(cell.spec["technique"], existing.get("technique_version"), versions)
-        note = ", stale: recorded by an older version of the technique; --rerun-stale refreshes it" if stale else ""
-        print(f"{prefix(cell)}: already stored ({existing['status']}{note})", flush=True)
-        if not stale:  # new cells never borrow quality computed by older technique code
-            executor.remember(cell, existing)
-        records[cell.spec_hash] = existing
+    for p in the_plan.cells:
+        if p.action == "keep":
+            stale = p.why.startswith("stale")
+            note = ", stale: recorded by an older version of the technique; --rerun-stale refreshes it" if stale else ""
+            print(f"{prefix(p.cell)}: already stored ({p.existing['status']}{note})", flush=True)
+            if not stale:  # new cells never borrow quality computed by older technique code
+                executor.remember(p.cell, p.existing)
+            records[p.cell.spec_hash] = p.existing
+    todo = the_plan.todo
 
     # stored cells of the same images at fewer seeds (an earlier, smaller N: the new cells generate only the seeds
     # those lack), or measured on another machine (their quality is reused once this machine's images prove equal)
     wanted_n = {cell.extension_key: cell.spec["n_samples"] for cell in todo}
     wanted_images = {cell.images_key for cell in todo}
-    for existing in _reusable(store, versions) if todo else []:
+    for existing in the_plan.reusable:
         source = Cell(existing["spec"])
         if (source.spec["n_samples"] < wanted_n.get(source.extension_key, 0)
                 or (source.images_key in wanted_images and existing.get("image_digests"))):
             executor.remember(source, existing)
 
-    manifest = delivery.prepare(needed_artifacts(config, todo), progress) if todo else {}
+    manifest = delivery.prepare([r for r, _ in the_plan.artifacts], progress) if todo else {}
     started: dict[str, float] = {}
 
     def claim(cell: Cell) -> bool:
         if not store.claim(cell.spec_hash):
             print(f"{prefix(cell)}: being run by another sweep on this store; skipped here", flush=True)
             return False
-        if not wanted(store.get(cell.spec_hash)):  # another sweep finished it meanwhile
+        decided = _decide(cell, store.get(cell.spec_hash), the_plan.versions, the_plan.retry_failed,
+                          the_plan.rerun_stale)
+        if decided.action != "run":  # another sweep finished it meanwhile
             store.release(cell.spec_hash)
             print(f"{prefix(cell)}: stored meanwhile by another sweep", flush=True)
             return False

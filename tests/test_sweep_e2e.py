@@ -68,6 +68,38 @@ def test_rerun_skips_stored_cells(tiny_sweep) -> None:
     assert before == after
 
 
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_sweep, tmp_path: Path) -> None:
+    import shutil
+
+    root, _, _ = tiny_sweep
+    copy = tmp_path / "results"
+    shutil.copytree(root / "results", copy)
+    files = sorted((copy / "tiny" / "records").glob("*.json"))
+    stale, failed = json.loads(files[0].read_text()), json.loads(files[1].read_text())
+    stale["technique_version"] = 0
+    failed.update(status="failed", error="RuntimeError: out of luck\ntraceback")
+    files[0].write_text(json.dumps(stale))
+    files[1].write_text(json.dumps(failed))
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+
+    def planned(*flags: str) -> list[str]:
+        result = run_cli("sweep", "--config", str(TINY_CONFIG), "--results", str(copy), "--dry-run", *flags)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    lines = planned()
+    assert sum("keep: stored (ok)" in line for line in lines) == TINY_CELLS - 2
+    assert any(stale["spec_hash"] in line and "keep: stale: recorded by version 0" in line and "--rerun-stale" in line
+               for line in lines)
+    assert any(failed["spec_hash"] in line and "keep: failed before: RuntimeError: out of luck" in line
+               for line in lines)
+    assert lines[-1].startswith(f"{TINY_CELLS} cells: 0 to run, {TINY_CELLS} kept")
+    rerun = planned("--rerun-stale", "--retry-failed")
+    assert rerun[-1].startswith(f"{TINY_CELLS} cells: 2 to run")
+    assert any(line.startswith("artifacts: ") for line in rerun)
+    assert before == {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+
+
 @dataclass(frozen=True)
 class _BrokenParams:
     mode: str = "boom"
