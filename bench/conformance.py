@@ -82,7 +82,7 @@ class Context:
         """The technique's pipeline; on a class-conditional base, conditioned as a sweep conditions it (labels by
         seed, ``guidance`` or none)."""
         from bench.conditioning import Guidance
-        from bench.runner import conditioned_pipeline
+        from bench.pipelines import conditioned_pipeline
 
         models = self.models(params)
         pipe = self.technique.pipeline(params, models, steps)

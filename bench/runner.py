@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import statistics
 import time
 from typing import Any
@@ -19,15 +18,16 @@ from bench import config as cfg
 from bench import machine as machines
 from bench import registry, train, zoo
 from bench.cell import Cell
-from bench.conditioning import Guidance, conditional_sampler
-from bench.conditioning import describe as describe_conditions
+from bench.conditioning import Guidance
 from bench.errors import Unsupported, UserError
+from bench.images import DIGESTED_SEEDS, image_digests, same_images, to_uint8
 from bench.measure import quality, roofline
 from bench.measure.energy import EnergyMeter
 from bench.measure.flops import CallRecorder
 from bench.measure.latency import Latency, repeat_until, timed
 from bench.measure.memory import PeakMemory
 from bench.measure.noise import CpuMonitor, suspect_reasons
+from bench.pipelines import conditioned_pipeline, decoded_pipeline
 from bench.provenance import provenance
 from bench.recipes import base_recipe
 from bench.sampling import generators
@@ -41,32 +41,7 @@ FLOPS_UNIT = "FLOPs = 2 x MACs, fvcore with an SDPA handle, batch 1"
 STAGES = ("decode", "text_encoder")
 LATENCY_INCLUDES = ("the sampler call: initial noise, every network evaluation (both branches of a guided step), "
                     "the scheduler's arithmetic; not model loading, not the uint8 conversion, not the metrics")
-DIGESTED_SEEDS = 100  # per-image digests kept for a record's first seeds: the evidence quality reuse is checked on
 MIN_PROBE_ACROSS_MACHINES = 8  # images another machine must reproduce byte for byte before its quality is reused
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-def image_digests(images: torch.Tensor, first_seed: int) -> dict[str, Any]:
-    """Short sha256 of each uint8 image, with the seeds they belong to."""
-    shas = [hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest()[:16] for img in images]
-    return {"seeds": [first_seed, first_seed + len(shas)], "sha256": shas}
-
-
-def same_images(stored: dict[str, Any] | None, probe: dict[str, Any]) -> int:
-    """How many seeds both digest lists cover, when every one of them is byte-identical; 0 when any differs or
-    they share none."""
-    if not stored:
-        return 0
-    start = max(stored["seeds"][0], probe["seeds"][0])
-    stop = min(stored["seeds"][1], probe["seeds"][1])
-    if stop <= start:
-        return 0
-    a = stored["sha256"][start - stored["seeds"][0]:stop - stored["seeds"][0]]
-    b = probe["sha256"][start - probe["seeds"][0]:stop - probe["seeds"][0]]
-    return stop - start if a == b else 0
 
 
 def model_sources(technique: registry.Technique, params: Any, base: zoo.Recipe) -> dict[str, zoo.Recipe]:
@@ -578,53 +553,6 @@ class CellRunner:
             timed(call, device)  # warm
             out[name] = repeat_until(call, device, reps, 0.0)
         return out
-
-
-def decoded_pipeline(pipe: Pipeline, decoder: torch.nn.Module) -> Pipeline:
-    """A latent model's pipeline: the technique samples latents, the decode turns them into the images every metric
-    sees. The decode is a network of its own (``decode``): its calls are not NFE, its FLOPs and time are kept
-    apart."""
-
-    def sample(gens: list[torch.Generator], callback: Any = None) -> torch.Tensor:
-        return decoder(pipe.sample(gens, callback))
-
-    return dataclasses.replace(pipe, sample=sample, networks={**pipe.networks, "decode": decoder},
-                               info={**pipe.info, "decoder": type(getattr(decoder, "vae", decoder)).__name__})
-
-
-def conditioned_pipeline(pipe: Pipeline, model: Any, guidance: Guidance,
-                         prompts: list[str] | None = None) -> Pipeline:
-    """The pipeline with every sampler call conditioned (labels or prompts by seed, the cell's guider) and its
-    observations extended by the guided and unguided steps of the last call. A text model's prompts are encoded
-    at the start of every call, by its text encoder (a network of its own: ``text_encoder``), and under guidance
-    the empty prompt too, once per image, as diffusers' ``StableDiffusionPipeline`` does."""
-    networks, info = pipe.networks, pipe.info
-    if model.kind == "text":
-        from bench import text_to_image
-
-        if not prompts:
-            raise UserError("a text-to-image model needs prompts (model.prompts)")
-        encoder = model.text_encoder
-
-        def condition(seeds: list[int], guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-            device = next(encoder.parameters()).device
-            cond = encoder(encoder.tokens(text_to_image.prompts_for_seeds(seeds, prompts), device))
-            return cond, encoder(encoder.tokens([""] * len(seeds), device)) if guided else None
-
-        sample, observe_guidance = conditional_sampler(pipe.sample, condition, guidance)
-        networks = {**networks, "text_encoder": encoder}
-        info = {**info, "conditions": {"kind": "text", "num_prompts": len(prompts),
-                                       "prompts_sha256": text_to_image.prompts_sha256(prompts),
-                                       "prompts": text_to_image.PROMPT_RULE,
-                                       **({"guidance": dataclasses.asdict(guidance)} if guidance else {})}}
-    else:
-        sample, observe_guidance = conditional_sampler(pipe.sample, model.num_classes, guidance)
-        info = {**info, "conditions": describe_conditions(model.num_classes, guidance)}
-
-    def observe() -> dict[str, Any]:
-        return {**(pipe.observe() if pipe.observe is not None else {}), **observe_guidance()}
-
-    return dataclasses.replace(pipe, sample=sample, observe=observe, networks=networks, info=info)
 
 
 def _expected_batch_s(calls_per_image: dict[str, int], denoiser_s: dict[str, list[float]]) -> float | None:

@@ -74,7 +74,7 @@ def devices() -> list[str]:
 def try_cell(name: str, params: Any, model: Any, device: str) -> str:
     """``runs``, ``skipped: <reason>`` or ``fails: <error>`` for one technique, model and device."""
     from bench.conditioning import Guidance
-    from bench.runner import conditioned_pipeline
+    from bench.pipelines import conditioned_pipeline
     from bench.sampling import generators
 
     technique = registry.get(name)

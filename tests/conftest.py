@@ -65,7 +65,7 @@ def assert_quality_reused_exactly_where_images_match(records: list[dict]) -> Non
     """Stored cells that differ only in threads or batch promise the same images up to kernel rounding, not bit for
     bit (bench.sampling): a cell reuses another's quality exactly where their stored uint8 digests agree — never
     scores byte-identical images twice, never reuses from images that differ."""
-    from bench.runner import same_images
+    from bench.images import same_images
 
     cells = [{**r["metrics"], "spec_hash": r["spec_hash"], "image_digests": r["image_digests"]} for r in records]
     by_hash = {c["spec_hash"]: c for c in cells}

@@ -312,7 +312,7 @@ def test_latent_cells_count_the_decode_apart_from_the_denoiser(latent_sweep) -> 
 
 
 def test_latent_model_samples_in_latent_space_and_decodes_to_pixels() -> None:
-    from bench.runner import decoded_pipeline
+    from bench.pipelines import decoded_pipeline
     from techniques.step_reduction import StepReduction
 
     recipe = recipes.denoiser_recipe("digits", 8, steps=40, arch="dit", conditioning="class", latent=True)

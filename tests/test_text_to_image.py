@@ -129,7 +129,7 @@ def test_deepcache_without_skipping_is_the_plain_sampler() -> None:
     from bench import pretrained, registry
     from bench.conditioning import Guidance
     from bench.model import load_denoiser
-    from bench.runner import conditioned_pipeline
+    from bench.pipelines import conditioned_pipeline
     from bench.sampling import generators
 
     model = load_denoiser(pretrained.resolve(pretrained.TINY_TEXT_TO_IMAGE))

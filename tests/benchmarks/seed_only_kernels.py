@@ -23,12 +23,9 @@ import torch
 
 from bench import conditioning, recipes, train
 from bench.conditioning import Guidance
+from bench.images import to_uint8
 from bench.measure.flops import CallRecorder
 from bench.sampling import generators, seed_only_tolerance
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def probe(net, sample, device: str, dtype: str) -> dict:
@@ -47,7 +44,7 @@ def probe(net, sample, device: str, dtype: str) -> dict:
         diff = (a.double() - b.double()).abs()
         moved = max(moved, float(diff.max()))
         ratio = max(ratio, float((diff / (tol * (1 + b.double().abs()))).max()))  # the rule: |a - b| ≤ tol + tol·|b|
-    pixels = int((_to_uint8(pair) != _to_uint8(whole[[6, 1]])).sum())
+    pixels = int((to_uint8(pair) != to_uint8(whole[[6, 1]])).sum())
     return {"evaluations": evaluations, "max_moved": moved, "tolerance": tol, "ratio": ratio,
             "uint8_pixels_differing": pixels, "uint8_pixels": pair.numel()}
 
