@@ -262,7 +262,7 @@ def dual_recipe(base: Recipe, init: str = "scratch", gate_loss: str = "paper") -
 
 class DualOutput(Technique):
     name = "dual_output"
-    version = 1
+    version = 2  # 2: bench.train and bench.store restructured beneath it, not proven to leave results unchanged
     description = ("Dynamic dual-output denoiser (Benny & Wolf 2022): x̂_0 and ε heads mixed by a learned per-pixel "
                    "gate; ablations ε-only, x̂_0-only, the time-only gate; the gate trained as the paper's code or "
                    "balanced over t, from scratch, as a gate fine-tune or warm-started from the baseline.")

@@ -368,7 +368,7 @@ class TDPMObjective(DiffusionObjective):
 
 class Truncation(Technique):
     name = "truncation"
-    version = 1
+    version = 2  # 2: bench.train and bench.store restructured beneath it, not proven to leave results unchanged
     description = ("Truncated diffusion: a cheap prior gives x̂_0, diffused to T', then only the last T' reverse steps "
                    "(ES-DDPM with a VAE prior; TDPM-style implicit prior sharing the denoiser's weights; TDPM's GAN "
                    "recipe emitting x_T' itself).")
